@@ -1,0 +1,201 @@
+"""Structured configs: the schema every composed config must match, and the range checks Hydra cannot do.
+
+The dataclasses are registered in Hydra's ConfigStore as the base of each config group, so a mistyped key or a
+wrong type fails when the config is composed. `validate` then checks ranges and cross-field rules and raises a
+ConfigError whose message names the field and what is allowed.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+from hydra.errors import CompactHydraException
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+CELLS = ("rnn", "gru", "lstm")
+TASKS = ("echo", "lags", "text")
+OPTIMIZERS = ("sgd", "adam")
+LR_SCALINGS = ("none", "linear", "sqrt")
+BUDGETS = ("tokens", "updates", "seconds")
+DEVICES = ("auto", "cpu", "cuda")
+LEVELS = ("word", "char")
+
+
+class ConfigError(CompactHydraException):
+    """Bad user input. Hydra prints a CompactHydraException as its message alone: one line, no traceback."""
+
+
+@dataclass
+class TaskConfig:
+    name: str = MISSING
+    # echo / lags: iid uniform symbols; target at t is the input at t - lag
+    vocab_size: int = 4
+    lag: int = 8
+    lags: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16, 32, 64])
+    train_tokens: int = 1 << 18  # length of the synthetic training stream (one pass)
+    valid_tokens: int = 1 << 14  # length of the held-out stream
+    # text: PTB/WikiText format (whitespace tokens, line end = <eos>); null path = built-in corpus
+    path: Optional[str] = None  # noqa: UP045 (OmegaConf reads these annotations)
+    valid_path: Optional[str] = None  # noqa: UP045
+    level: str = "word"
+    valid_fraction: float = 0.1  # held-out tail of `path` when no valid_path is given
+    max_vocab: int = 0  # 0 = keep every type; else the most frequent types, the rest -> <unk>
+
+
+@dataclass
+class ModelConfig:
+    cell: str = MISSING
+    hidden_size: int = 64
+    num_layers: int = 1
+    embedding_size: int = 32
+
+
+@dataclass
+class OptimConfig:
+    name: str = MISSING
+    lr: float = 1e-2
+    momentum: float = 0.0  # sgd only
+    clip: float = 5.0  # max global grad norm; 0 = no clipping (the norm is still recorded)
+    lr_scaling: str = "none"
+    base_batch_size: int = 16  # the batch size at which `lr` is used as given
+
+
+@dataclass
+class BudgetConfig:
+    kind: str = MISSING
+    amount: float = MISSING
+
+
+@dataclass
+class EvalConfig:
+    points: int = 4  # held-out evaluations at evenly spaced fractions of the budget (the last one at the end)
+    rows: int = 32  # held-out stream is cut into this many parallel rows
+
+
+@dataclass
+class MeasureConfig:
+    """Dependency-length measures (recall profile, context ablation, gradient horizon) at the end of training."""
+
+    enabled: bool = True
+    chance_margin: float = 0.1  # recall: a lag counts as reached when acc >= chance + margin (and CI above chance)
+    contexts: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16, 32, 64, 128])
+    context_tolerance: float = 0.01  # effective context: loss within this relative tolerance of full context
+    context_positions: int = 512  # held-out target positions evaluated per context length
+    horizon_max_k: int = 128  # gradient horizon: k = 0 .. horizon_max_k
+    horizon_fraction: float = 0.01
+    horizon_windows: int = 16  # held-out windows (of horizon_max_k + 1 tokens) averaged
+    probe: bool = True  # linear-probe memory: decode the input at t - k from h_t
+    probe_max_k: int = 64
+    checkpoints: int = 0  # extra measurement points during training (0 = only at the end)
+
+
+@dataclass
+class Config:
+    batch_size: int = 16
+    num_steps: int = 16
+    seed: int = 0
+    device: str = "auto"
+    threads: int = 0  # torch threads per job; 0 = cores // parallel jobs
+    name: str = "default"  # results/<name>/<overrides>/
+    results_dir: str = "results"
+    warmup_updates: int = 10  # excluded from tokens_per_s
+    group_norm_every: int = 10  # per-group gradient norms every this many updates
+    progress_every_s: float = 15.0  # one progress line per job at most this often
+    task: TaskConfig = MISSING
+    model: ModelConfig = MISSING
+    optim: OptimConfig = MISSING
+    budget: BudgetConfig = MISSING
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    measure: MeasureConfig = field(default_factory=MeasureConfig)
+
+
+def register_configs() -> None:
+    cs = ConfigStore.instance()
+    cs.store(name="config_schema", node=Config)
+    cs.store(group="task", name="task_schema", node=TaskConfig)
+    cs.store(group="model", name="model_schema", node=ModelConfig)
+    cs.store(group="optim", name="optim_schema", node=OptimConfig)
+    cs.store(group="budget", name="budget_schema", node=BudgetConfig)
+
+
+def _need(ok: bool, field_name: str, allowed: str, value: Any) -> None:
+    if not ok:
+        raise ConfigError(f"invalid config: {field_name}={value!r}: {allowed}")
+
+
+def _positive_int(cfg: DictConfig, key: str) -> None:
+    value = OmegaConf.select(cfg, key)
+    _need(isinstance(value, int) and value > 0, key, "must be a positive integer", value)
+
+
+def _one_of(cfg: DictConfig, key: str, allowed: tuple[str, ...]) -> None:
+    value = OmegaConf.select(cfg, key)
+    _need(value in allowed, key, f"must be one of {', '.join(allowed)}", value)
+
+
+def validate(cfg: DictConfig) -> None:
+    """Range and cross-field checks; raises ConfigError naming the first bad field. Reads no files."""
+    for key in ("batch_size", "num_steps", "model.hidden_size", "model.num_layers", "model.embedding_size"):
+        _positive_int(cfg, key)
+    _need(cfg.threads >= 0, "threads", "must be >= 0 (0 = cores // parallel jobs)", cfg.threads)
+    _one_of(cfg, "device", DEVICES)
+    _one_of(cfg, "task.name", TASKS)
+    _one_of(cfg, "model.cell", CELLS)
+    _one_of(cfg, "optim.name", OPTIMIZERS)
+    _one_of(cfg, "optim.lr_scaling", LR_SCALINGS)
+    _one_of(cfg, "budget.kind", BUDGETS)
+    lr = cfg.optim.lr
+    _need(lr > 0 and math.isfinite(lr), "optim.lr", "must be a positive number", lr)
+    _need(cfg.optim.clip >= 0, "optim.clip", "must be >= 0 (0 = no clipping)", cfg.optim.clip)
+    _positive_int(cfg, "optim.base_batch_size")
+    amount = cfg.budget.amount
+    _need(amount > 0 and math.isfinite(amount), "budget.amount", "must be a positive number", amount)
+    _positive_int(cfg, "eval.points")
+    _positive_int(cfg, "eval.rows")
+    task = cfg.task
+    if task.name in ("echo", "lags"):
+        _need(task.vocab_size >= 2, "task.vocab_size", "must be an integer >= 2", task.vocab_size)
+        _positive_int(cfg, "task.train_tokens")
+        _positive_int(cfg, "task.valid_tokens")
+    if task.name == "echo":
+        _positive_int(cfg, "task.lag")
+    if task.name == "lags":
+        _need(len(task.lags) > 0, "task.lags", "must be a non-empty list of positive integers", list(task.lags))
+        for lag in task.lags:
+            _need(
+                isinstance(lag, int) and lag > 0,
+                "task.lags",
+                "must be a non-empty list of positive integers",
+                list(task.lags),
+            )
+    if task.name == "text":
+        _one_of(cfg, "task.level", LEVELS)
+        _need(0 < task.valid_fraction < 1, "task.valid_fraction", "must be in (0, 1)", task.valid_fraction)
+        _need(task.max_vocab >= 0, "task.max_vocab", "must be >= 0 (0 = keep all)", task.max_vocab)
+        for key in ("path", "valid_path"):
+            path = task[key]
+            if path is not None:
+                _need(Path(path).is_file(), f"task.{key}", "must be an existing text file", path)
+                _need(os.path.getsize(path) > 0, f"task.{key}", "must be a non-empty text file", path)
+    m = cfg.measure
+    _need(
+        len(m.contexts) > 0 and all(c > 0 for c in m.contexts),
+        "measure.contexts",
+        "must be a non-empty list of positive integers",
+        list(m.contexts),
+    )
+    _need(m.context_tolerance > 0, "measure.context_tolerance", "must be > 0", m.context_tolerance)
+    _need(0 < m.horizon_fraction < 1, "measure.horizon_fraction", "must be in (0, 1)", m.horizon_fraction)
+    _need(m.horizon_max_k >= 0, "measure.horizon_max_k", "must be >= 0", m.horizon_max_k)
+
+
+def effective_lr(cfg: DictConfig) -> float:
+    """The learning rate after the batch-size scaling rule (Goyal et al. linear; Krizhevsky/Hoffer sqrt)."""
+    ratio = cfg.batch_size / cfg.optim.base_batch_size
+    scale = {"none": 1.0, "linear": ratio, "sqrt": math.sqrt(ratio)}[cfg.optim.lr_scaling]
+    return float(cfg.optim.lr * scale)

@@ -1,0 +1,66 @@
+"""Embedding -> fused recurrent cell (nn.RNN tanh / nn.GRU / nn.LSTM; cuDNN on a GPU) -> one linear head per target."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+State = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
+
+_CELLS = {"rnn": nn.RNN, "gru": nn.GRU, "lstm": nn.LSTM}
+
+
+class RecurrentModel(nn.Module):
+    def __init__(
+        self,
+        cell: str,
+        vocab_size: int,
+        out_vocab: int,
+        num_heads: int,
+        embedding_size: int,
+        hidden_size: int,
+        num_layers: int = 1,
+    ) -> None:
+        super().__init__()
+        self.cell_name = cell
+        self.num_heads = num_heads
+        self.out_vocab = out_vocab
+        self.embedding = nn.Embedding(vocab_size, embedding_size)
+        kwargs = {"nonlinearity": "tanh"} if cell == "rnn" else {}
+        self.rnn = _CELLS[cell](embedding_size, hidden_size, num_layers, batch_first=True, **kwargs)
+        self.decoder = nn.Linear(hidden_size, out_vocab * num_heads)
+
+    def init_state(self, batch_size: int, device: torch.device | str | None = None) -> State:
+        shape = (self.rnn.num_layers, batch_size, self.rnn.hidden_size)
+        h = torch.zeros(shape, device=device or self.decoder.weight.device)
+        return (h, torch.zeros_like(h)) if self.cell_name == "lstm" else h
+
+    def forward_embedded(self, emb: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
+        """From input embeddings [B, T, E]: logits [B, T, heads, out_vocab] and the final state."""
+        hidden, state = self.rnn(emb, state)
+        logits = self.decoder(hidden)
+        return logits.view(*hidden.shape[:2], self.num_heads, self.out_vocab), state
+
+    def forward(self, tokens: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
+        return self.forward_embedded(self.embedding(tokens), state)
+
+    def hidden_states(self, tokens: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
+        """Top-layer hidden states [B, T, H] (for probes)."""
+        return self.rnn(self.embedding(tokens), state)
+
+    def param_groups(self) -> dict[str, list[nn.Parameter]]:
+        """Parameters by role, for per-group gradient norms: input, recurrent, output weights (biases apart)."""
+        groups: dict[str, list[nn.Parameter]] = {"input": [self.embedding.weight], "recurrent": [], "output": []}
+        for name, p in self.rnn.named_parameters():
+            if name.startswith("weight_ih"):
+                groups["input"].append(p)
+            elif name.startswith("weight_hh"):
+                groups["recurrent"].append(p)
+        groups["output"] = [self.decoder.weight]
+        return groups
+
+
+def sequence_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy per target token. logits [B, T, H, V], targets [H, B, T] (IGNORE where undefined)."""
+    flat_targets = targets.permute(1, 2, 0).reshape(-1)
+    return nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), flat_targets, ignore_index=-100)

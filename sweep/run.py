@@ -1,0 +1,103 @@
+"""One job: skip it if its record is already whole, else train and write the record atomically."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import traceback
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig
+
+from sweep import record
+from sweep.config import ConfigError, validate
+from sweep.train import resolve_device, train
+
+log = logging.getLogger(__name__)
+
+
+def default_threads(parallel_jobs: int) -> int:
+    return max(1, (os.cpu_count() or 1) // max(1, parallel_jobs))
+
+
+def _measure_fn(cfg: DictConfig):
+    if not cfg.measure.enabled:
+        return None
+    from sweep.measures import measure_all  # imported lazily: only runs that measure pay for it
+
+    return measure_all
+
+
+def run_job(
+    cfg: DictConfig, out_dir: Path, parallel_jobs: int = 1, launcher: str | None = None, extra: dict | None = None
+) -> dict[str, Any]:
+    """Run one grid point into `out_dir` and return its record. Bad config raises ConfigError, writing nothing."""
+    out_dir = Path(out_dir)
+    try:
+        validate(cfg)
+    except ConfigError:
+        _remove_if_empty(out_dir)
+        raise
+    sig = record.signature(cfg)
+    existing = record.read_run(out_dir)
+    if record.is_done(out_dir, sig):
+        log.info("skip %s: complete record with signature %s", out_dir, sig)
+        return existing  # type: ignore[return-value]
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    record.clean_stale(out_dir)
+    threads = cfg.threads or default_threads(parallel_jobs)
+    torch.set_num_threads(threads)
+    rec: dict[str, Any] = {
+        "version": record.RECORD_VERSION,
+        "signature": sig,
+        "config": record.resolved_config(cfg),
+        **(extra or {}),
+    }
+    try:
+        device = resolve_device(cfg.device)
+        rec["env"] = record.environment(device, threads, parallel_jobs, launcher)
+        result = train(cfg, measure_fn=_measure_fn(cfg))
+    except ConfigError:
+        _remove_if_empty(out_dir)
+        raise
+    except Exception as exc:  # one job's failure is recorded, never allowed to stop the sweep
+        log.error("run failed in %s: %s", out_dir, exc)
+        rec.update(status="failed", error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc())
+        rec.setdefault("env", None)
+        rec["summary"] = {}
+        record.write_json(out_dir / record.RUN_FILE, rec)
+        return rec
+    record.write_table(out_dir / "steps.parquet", result.steps)
+    record.write_table(out_dir / "evals.parquet", result.evals)
+    if not result.profiles.empty:
+        record.write_table(out_dir / "profiles.parquet", result.profiles)
+    rec.update(status=result.status, summary=result.summary)
+    record.write_json(out_dir / record.RUN_FILE, rec)  # last: its presence means the run is whole
+    s = result.summary
+    log.info(
+        "%s %s: %d updates, train loss %s, valid loss %s, %.0f tok/s",
+        result.status,
+        out_dir.name,
+        s["updates"],
+        _fmt(s.get("train_loss")),
+        _fmt(s.get("valid_loss")),
+        s["tokens_per_s"] or 0,
+    )
+    return rec
+
+
+def _fmt(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.4f}"
+
+
+def _remove_if_empty(out_dir: Path) -> None:
+    """Bad input leaves nothing behind: drop the job folder if it holds no more than Hydra's own start-up files."""
+    if not out_dir.is_dir():
+        return
+    leftovers = [p for p in out_dir.iterdir() if p.name != ".hydra" and p.suffix != ".log"]
+    if not leftovers:
+        shutil.rmtree(out_dir, ignore_errors=True)
