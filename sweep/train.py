@@ -137,6 +137,10 @@ def train(cfg: DictConfig, measure_fn=None) -> TrainResult:
     # but make no update: there is no loss to take a gradient of.
     has_target = [bool((get_batch(inputs, targets, i, num_steps)[1] != IGNORE).any()) for i in range(windows)]
     eval_at = [k / cfg.eval.points for k in range(1, cfg.eval.points)]  # the last evaluation is at the end
+    checkpoints = cfg.measure.checkpoints if measure_fn is not None else 0
+    measure_at = [k / (checkpoints + 1) for k in range(1, checkpoints + 1)]
+    checkpoint_scalars: list[dict[str, Any]] = []
+    checkpoint_profiles: list[pd.DataFrame] = []
 
     losses: list[torch.Tensor] = []
     norms: list[torch.Tensor] = []
@@ -189,11 +193,17 @@ def train(cfg: DictConfig, measure_fn=None) -> TrainResult:
             if status == "diverged" or frac >= 1.0:
                 done = True
                 break
-            if eval_at and frac >= eval_at[0]:
-                eval_at.pop(0)
+            if (eval_at and frac >= eval_at[0]) or (measure_at and frac >= measure_at[0]):
                 sync(device)
-                train_clock += time.perf_counter() - segment_start
-                run_eval()
+                train_clock += time.perf_counter() - segment_start  # evaluation and measures are not timed
+                if eval_at and frac >= eval_at[0]:
+                    eval_at.pop(0)
+                    run_eval()
+                if measure_at and frac >= measure_at[0]:
+                    measure_at.pop(0)
+                    scalars, prof = measure_fn(model, data, cfg, device)
+                    checkpoint_scalars.append({"step": updates, "tokens": tokens, **scalars})
+                    checkpoint_profiles.append(prof.assign(step=updates))
                 segment_start = time.perf_counter()
             if now - last_log >= cfg.progress_every_s:
                 last_log = now
@@ -234,7 +244,10 @@ def train(cfg: DictConfig, measure_fn=None) -> TrainResult:
     if status == "complete":
         run_eval()
         if measure_fn is not None:
-            measures, profiles = measure_fn(model, data, cfg, device)
+            measures, final_profiles = measure_fn(model, data, cfg, device)
+            profiles = pd.concat([*checkpoint_profiles, final_profiles.assign(step=len(loss_arr))], ignore_index=True)
+            if checkpoint_scalars:
+                measures["measure_checkpoints"] = checkpoint_scalars
 
     summary = _summarize(cfg, data, steps, evals, train_clock, warm_tokens, warm_time, passes)
     summary.update(measures)
