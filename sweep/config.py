@@ -79,18 +79,25 @@ class EvalConfig:
 
 @dataclass
 class MeasureConfig:
-    """Dependency-length measures (recall profile, context ablation, gradient horizon) at the end of training."""
+    """Dependency-length measures (sweep/measures.py defines each precisely), at the end of training."""
 
     enabled: bool = True
-    chance_margin: float = 0.1  # recall: a lag counts as reached when acc >= chance + margin (and CI above chance)
+    ci_level: float = 0.95  # two-sided confidence level of every interval in profiles.parquet
+    # recall / probe: a lag is reached when acc >= chance + margin and the CI's lower end is above chance
+    chance_margin: float = 0.1
+    # context ablation: reach >= 4 x the largest num_steps of the sweep (claim grid: 32)
     contexts: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16, 32, 64, 128])
-    context_tolerance: float = 0.01  # effective context: loss within this relative tolerance of full context
-    context_positions: int = 512  # held-out target positions evaluated per context length
+    context_tolerance: float = 0.01  # effective context: loss within this fraction of full context ...
+    context_abs_tolerance: float = 0.01  # ... or within this many nats, whichever is larger
+    context_positions: int = 512  # held-out target positions, the same for every context length
     horizon_max_k: int = 128  # gradient horizon: k = 0 .. horizon_max_k
-    horizon_fraction: float = 0.01
+    horizon_fraction: float = 0.01  # horizon: the largest k whose gradient norm is >= this x the peak
     horizon_windows: int = 16  # held-out windows (of horizon_max_k + 1 tokens) averaged
     probe: bool = True  # linear-probe memory: decode the input at t - k from h_t
-    probe_max_k: int = 64
+    probe_max_k: int = 64  # probe k = 0 .. probe_max_k
+    probe_positions: int = 2048  # held-out positions to fit the probe on, and as many to test it on
+    probe_max_classes: int = 32  # larger vocabularies: the most frequent types + one class for the rest
+    probe_ridge: float = 1e-3  # ridge penalty, relative to the mean diagonal of the Gram matrix
     checkpoints: int = 0  # extra measurement points during training (0 = only at the end)
 
 
@@ -103,9 +110,13 @@ class Config:
     threads: int = 0  # torch threads per job; 0 = cores // parallel jobs
     name: str = "default"  # results/<name>/<overrides>/
     results_dir: str = "results"
+    # set by hydra/sweeper=optuna_grid on each trial run: its Optuna study (one per grid cell) and trial number
+    study: Optional[str] = None  # noqa: UP045 (OmegaConf reads these annotations)
+    trial: Optional[int] = None  # noqa: UP045
     warmup_updates: int = 10  # excluded from tokens_per_s
     group_norm_every: int = 10  # per-group gradient norms every this many updates
     progress_every_s: float = 15.0  # one progress line per job at most this often
+    divergence_factor: float = 10.0  # diverged: a NaN/inf loss or grad norm, or loss > factor x ln(vocab)
     task: TaskConfig = MISSING
     model: ModelConfig = MISSING
     optim: OptimConfig = MISSING
@@ -117,10 +128,6 @@ class Config:
 def register_configs() -> None:
     cs = ConfigStore.instance()
     cs.store(name="config_schema", node=Config)
-    cs.store(group="task", name="task_schema", node=TaskConfig)
-    cs.store(group="model", name="model_schema", node=ModelConfig)
-    cs.store(group="optim", name="optim_schema", node=OptimConfig)
-    cs.store(group="budget", name="budget_schema", node=BudgetConfig)
 
 
 def _need(ok: bool, field_name: str, allowed: str, value: Any) -> None:
@@ -144,6 +151,7 @@ def validate(cfg: DictConfig) -> None:
         _positive_int(cfg, key)
     _need(cfg.threads >= 0, "threads", "must be >= 0 (0 = cores // parallel jobs)", cfg.threads)
     _one_of(cfg, "device", DEVICES)
+    _need(cfg.divergence_factor > 1, "divergence_factor", "must be > 1", cfg.divergence_factor)
     _one_of(cfg, "task.name", TASKS)
     _one_of(cfg, "model.cell", CELLS)
     _one_of(cfg, "optim.name", OPTIMIZERS)
@@ -190,8 +198,19 @@ def validate(cfg: DictConfig) -> None:
         list(m.contexts),
     )
     _need(m.context_tolerance > 0, "measure.context_tolerance", "must be > 0", m.context_tolerance)
+    abs_tol = m.context_abs_tolerance
+    _need(abs_tol >= 0, "measure.context_abs_tolerance", "must be >= 0", abs_tol)
     _need(0 < m.horizon_fraction < 1, "measure.horizon_fraction", "must be in (0, 1)", m.horizon_fraction)
     _need(m.horizon_max_k >= 0, "measure.horizon_max_k", "must be >= 0", m.horizon_max_k)
+    _need(0 < m.ci_level < 1, "measure.ci_level", "must be in (0, 1)", m.ci_level)
+    _need(0 <= m.chance_margin < 1, "measure.chance_margin", "must be in [0, 1)", m.chance_margin)
+    for key in ("context_positions", "horizon_windows", "probe_positions"):
+        _positive_int(cfg, f"measure.{key}")
+    _need(m.probe_max_k >= 1, "measure.probe_max_k", "must be an integer >= 1", m.probe_max_k)
+    classes = m.probe_max_classes
+    _need(classes >= 2, "measure.probe_max_classes", "must be an integer >= 2", classes)
+    _need(m.probe_ridge > 0, "measure.probe_ridge", "must be > 0", m.probe_ridge)
+    _need(m.checkpoints >= 0, "measure.checkpoints", "must be >= 0 (0 = only at the end)", m.checkpoints)
 
 
 def effective_lr(cfg: DictConfig) -> float:

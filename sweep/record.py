@@ -24,22 +24,38 @@ from omegaconf import DictConfig, OmegaConf
 RUN_FILE = "run.json"
 RECORD_VERSION = 1
 # Keys that change how a run is shown or where it is written, never what it computes: left out of the signature.
-_NOT_IN_SIGNATURE = ("progress_every_s", "results_dir", "name", "threads", "device")
+_NOT_IN_SIGNATURE = ("progress_every_s", "results_dir", "name", "threads", "device", "study", "trial")
 DONE_STATUSES = ("complete", "diverged")  # a rerun skips these; `failed` and missing runs are run again
 
 
 def resolved_config(cfg: DictConfig) -> dict[str, Any]:
-    return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
+    """The run's config, resolved, without Hydra's own node (a sweep-time config still carries it)."""
+    return {
+        key: OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
+        for key, value in cfg.items()
+        if key != "hydra"
+    }
 
 
 def signature(cfg: DictConfig | dict[str, Any]) -> str:
     """sha256 (first 16 hex) of the resolved config, less the keys that cannot change the result."""
     conf = resolved_config(cfg) if isinstance(cfg, DictConfig) else dict(cfg)
-    conf.pop("hydra", None)
     for key in _NOT_IN_SIGNATURE:
         conf.pop(key, None)
     blob = json.dumps(conf, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def run_dirname(overrides: str) -> str:
+    """A run folder's name from its override string (Hydra's override_dirname), safe as one path component.
+
+    '/' in a value (a corpus path) is escaped so each run is one folder; an empty string (the defaults) becomes
+    'base'; a name too long for a file system keeps its start and gains a hash of the whole.
+    """
+    name = (overrides or "base").replace("%", "%25").replace(os.sep, "%2F")
+    if len(name) > 200:
+        name = f"{name[:180]}~{hashlib.sha256(name.encode()).hexdigest()[:12]}"
+    return name
 
 
 def _tmp_path(path: Path) -> Path:

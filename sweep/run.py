@@ -39,7 +39,7 @@ def run_job(
     try:
         validate(cfg)
     except ConfigError:
-        _remove_if_empty(out_dir)
+        _remove_if_empty(out_dir, Path(cfg.results_dir))
         raise
     sig = record.signature(cfg)
     existing = record.read_run(out_dir)
@@ -60,9 +60,10 @@ def run_job(
     try:
         device = resolve_device(cfg.device)
         rec["env"] = record.environment(device, threads, parallel_jobs, launcher)
+        _inject_failure(out_dir)
         result = train(cfg, measure_fn=_measure_fn(cfg))
     except ConfigError:
-        _remove_if_empty(out_dir)
+        _remove_if_empty(out_dir, Path(cfg.results_dir))
         raise
     except Exception as exc:  # one job's failure is recorded, never allowed to stop the sweep
         log.error("run failed in %s: %s", out_dir, exc)
@@ -90,14 +91,31 @@ def run_job(
     return rec
 
 
+def _inject_failure(out_dir: Path) -> None:
+    """Fault injection for tests of failure handling: RNN_SWEEP_FAIL_IF=<text> fails every run whose folder
+    name contains <text>, as a bug in training would (no config value can make a valid run raise on purpose)."""
+    needle = os.environ.get("RNN_SWEEP_FAIL_IF")
+    if needle and needle in out_dir.name:
+        raise RuntimeError(f"injected failure (RNN_SWEEP_FAIL_IF={needle!r})")
+
+
 def _fmt(x: float | None) -> str:
     return "n/a" if x is None else f"{x:.4f}"
 
 
-def _remove_if_empty(out_dir: Path) -> None:
-    """Bad input leaves nothing behind: drop the job folder if it holds no more than Hydra's own start-up files."""
+def _remove_if_empty(out_dir: Path, results_dir: Path) -> None:
+    """Bad input leaves nothing behind: drop the job folder if it holds no more than Hydra's own start-up files,
+    then the folders above it that this left empty, up to the results folder."""
     if not out_dir.is_dir():
         return
     leftovers = [p for p in out_dir.iterdir() if p.name != ".hydra" and p.suffix != ".log"]
-    if not leftovers:
-        shutil.rmtree(out_dir, ignore_errors=True)
+    if leftovers:
+        return
+    shutil.rmtree(out_dir, ignore_errors=True)
+    stop = results_dir.resolve()
+    parent = out_dir.resolve().parent
+    while parent != stop and stop in parent.parents and not any(parent.iterdir()):
+        parent.rmdir()
+        parent = parent.parent
+    if parent == stop and not any(stop.iterdir()):
+        stop.rmdir()

@@ -78,6 +78,12 @@ def build_optimizer(cfg: DictConfig, model: torch.nn.Module) -> torch.optim.Opti
     return torch.optim.Adam(model.parameters(), lr=lr)
 
 
+def window_forward(model: RecurrentModel, x: torch.Tensor, state):
+    """One training window: the carried state is detached first, so this window's loss cannot send gradient
+    into earlier windows (truncated BPTT), while the forward pass still sees everything before it."""
+    return model(x, repackage_hidden(state))
+
+
 @torch.no_grad()
 def evaluate(
     model: RecurrentModel, inputs: torch.Tensor, targets: torch.Tensor, chunk: int = 256
@@ -128,6 +134,8 @@ def train(cfg: DictConfig, measure_fn=None) -> TrainResult:
     params = list(model.parameters())
     groups = model.param_groups()
     clip = cfg.optim.clip if cfg.optim.clip > 0 else math.inf
+    # Cross-entropy starts near ln(V); a loss this many times larger (or NaN/inf) will not come back.
+    max_loss = cfg.divergence_factor * math.log(data.out_vocab)
     batch_size, num_steps = cfg.batch_size, cfg.num_steps
 
     inputs, targets = (t.to(device) for t in data.rows("train", batch_size))
@@ -169,8 +177,7 @@ def train(cfg: DictConfig, measure_fn=None) -> TrainResult:
                 with torch.no_grad():
                     _, state = model(x, state)
                 continue
-            state = repackage_hidden(state)
-            logits, state = model(x, state)
+            logits, state = window_forward(model, x, state)
             loss = sequence_loss(logits, y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -187,7 +194,7 @@ def train(cfg: DictConfig, measure_fn=None) -> TrainResult:
             if updates == cfg.warmup_updates:
                 sync(device)
                 warm_tokens, warm_time = tokens, train_clock + time.perf_counter() - segment_start
-            if updates % cfg.group_norm_every == 0 and not _all_finite(losses, norms, cfg.group_norm_every):
+            if updates % cfg.group_norm_every == 0 and _diverged(losses, norms, cfg.group_norm_every, max_loss):
                 status = "diverged"
             frac = _progress(cfg, tokens, updates, times[-1])
             if status == "diverged" or frac >= 1.0:
@@ -222,9 +229,9 @@ def train(cfg: DictConfig, measure_fn=None) -> TrainResult:
 
     loss_arr = torch.stack(losses).float().cpu().numpy() if losses else np.zeros(0)
     norm_arr = torch.stack(norms).float().cpu().numpy() if norms else np.zeros(0)
-    if not (np.isfinite(loss_arr).all() and np.isfinite(norm_arr).all()):
+    bad = ~(np.isfinite(loss_arr) & np.isfinite(norm_arr) & (loss_arr <= max_loss))
+    if bad.any():
         status = "diverged"
-        bad = ~(np.isfinite(loss_arr) & np.isfinite(norm_arr))
         diverged_at = int(np.argmax(bad))
     steps = pd.DataFrame(
         {
@@ -267,9 +274,10 @@ def _group_norms(groups: dict[str, list[torch.nn.Parameter]]) -> dict[str, float
     return out
 
 
-def _all_finite(losses: list[torch.Tensor], norms: list[torch.Tensor], last: int) -> bool:
-    recent = torch.stack(losses[-last:] + norms[-last:])
-    return bool(torch.isfinite(recent).all())
+def _diverged(losses: list[torch.Tensor], norms: list[torch.Tensor], last: int, max_loss: float) -> bool:
+    recent_loss, recent_norm = torch.stack(losses[-last:]), torch.stack(norms[-last:])
+    finite = torch.isfinite(recent_loss).all() & torch.isfinite(recent_norm).all()
+    return not bool(finite & (recent_loss <= max_loss).all())
 
 
 def _evals_frame(evals: list[dict[str, Any]], data: TaskData) -> pd.DataFrame:

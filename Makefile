@@ -1,0 +1,57 @@
+# rnn-sweep: `make sweep` (the default claim grid, then its report) and `make test` work on a fresh machine.
+PY      ?= python3
+VENV    := .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed
+RESULTS ?= results
+ARGS    ?=
+
+.PHONY: help install sweep smoke report tune test test-fast lint format bench clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+# torch goes in first and pinned, so pip takes the CPU build on disk instead of a multi-GB CUDA build.
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)  ## create .venv and install the project (CPU torch)
+
+sweep: $(STAMP)  ## run the claim grid (experiment=claim, all cores) and write its report
+	$(BIN)/python -m sweep experiment=claim results_dir=$(RESULTS) $(ARGS)
+	$(BIN)/python -m analysis $(RESULTS)/claim
+
+smoke: $(STAMP)  ## a tiny grid through the whole pipeline (< 1 min)
+	$(BIN)/python -m sweep experiment=smoke results_dir=$(RESULTS) $(ARGS)
+	$(BIN)/python -m analysis $(RESULTS)/smoke
+
+report: $(STAMP)  ## (re)write the report of a results folder: make report DIR=results/claim
+	$(BIN)/python -m analysis $(or $(DIR),$(RESULTS)/claim)
+
+tune: $(STAMP)  ## the claim grid with the learning rate tuned per cell (Optuna)
+	$(BIN)/python -m sweep experiment=tune results_dir=$(RESULTS) $(ARGS)
+	$(BIN)/python -m analysis $(RESULTS)/tune
+
+test: $(STAMP)  ## every test, slow ones included (what CI runs)
+	$(BIN)/python -m pytest -q
+
+test-fast: $(STAMP)  ## the tests not marked slow
+	$(BIN)/python -m pytest -q -m "not slow"
+
+lint: $(STAMP)  ## ruff lint and format check
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(STAMP)  ## apply ruff's formatting and safe fixes
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+bench: $(STAMP)  ## benchmarks: runner vs bare loop, sweep efficiency, timing stability
+	$(BIN)/python -m bench $(ARGS)
+
+clean:  ## remove results and caches (keeps .venv)
+	rm -rf $(RESULTS) .pytest_cache .ruff_cache bench/out
