@@ -143,7 +143,8 @@ def train(cfg: DictConfig, measure_fn=None) -> TrainResult:
     windows = num_windows(inputs, num_steps)
     # Windows whose targets are all undefined (the first `lag` columns of a pass) carry the state forward
     # but make no update: there is no loss to take a gradient of.
-    has_target = [bool((get_batch(inputs, targets, i, num_steps)[1] != IGNORE).any()) for i in range(windows)]
+    column_has_target = (targets != IGNORE).any(dim=0).any(dim=0)[: windows * num_steps]
+    has_target = column_has_target.view(windows, num_steps).any(dim=1).tolist()
     eval_at = [k / cfg.eval.points for k in range(1, cfg.eval.points)]  # the last evaluation is at the end
     checkpoints = cfg.measure.checkpoints if measure_fn is not None else 0
     measure_at = [k / (checkpoints + 1) for k in range(1, checkpoints + 1)]
