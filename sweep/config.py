@@ -75,6 +75,7 @@ class BudgetConfig:
 class EvalConfig:
     points: int = 4  # held-out evaluations at evenly spaced fractions of the budget (the last one at the end)
     rows: int = 32  # held-out stream is cut into this many parallel rows
+    max_tokens: int = 0  # evaluate on the first this-many held-out tokens only; 0 = all of them
 
 
 @dataclass
@@ -165,6 +166,7 @@ def validate(cfg: DictConfig) -> None:
     _need(amount > 0 and math.isfinite(amount), "budget.amount", "must be a positive number", amount)
     _positive_int(cfg, "eval.points")
     _positive_int(cfg, "eval.rows")
+    _need(cfg.eval.max_tokens >= 0, "eval.max_tokens", "must be >= 0 (0 = all held-out tokens)", cfg.eval.max_tokens)
     task = cfg.task
     if task.name in ("echo", "lags"):
         _need(task.vocab_size >= 2, "task.vocab_size", "must be an integer >= 2", task.vocab_size)

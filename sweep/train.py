@@ -85,10 +85,10 @@ def window_forward(model: RecurrentModel, x: torch.Tensor, state):
 
 
 @torch.no_grad()
-def evaluate(
-    model: RecurrentModel, inputs: torch.Tensor, targets: torch.Tensor, chunk: int = 256
-) -> dict[str, Any]:
+def evaluate(model: RecurrentModel, inputs: torch.Tensor, targets: torch.Tensor) -> dict[str, Any]:
     """Held-out loss (mean per target token) and accuracy per head, with the state carried across the stream."""
+    # chunks of columns small enough that the logits stay around 16 MB whatever the vocabulary
+    chunk = max(8, min(256, 4_000_000 // (inputs.shape[0] * model.num_heads * model.out_vocab)))
     was_training = model.training
     model.eval()
     state = None
@@ -140,6 +140,9 @@ def train(cfg: DictConfig, measure_fn=None) -> TrainResult:
 
     inputs, targets = (t.to(device) for t in data.rows("train", batch_size))
     valid_inputs, valid_targets = (t.to(device) for t in data.rows("valid", cfg.eval.rows))
+    if cfg.eval.max_tokens:  # a long held-out text evaluated at every point would cost more than the training
+        cols = max(1, cfg.eval.max_tokens // cfg.eval.rows)
+        valid_inputs, valid_targets = valid_inputs[:, :cols], valid_targets[..., :cols]
     windows = num_windows(inputs, num_steps)
     # Windows whose targets are all undefined (the first `lag` columns of a pass) carry the state forward
     # but make no update: there is no loss to take a gradient of.
