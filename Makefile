@@ -3,6 +3,7 @@ PY      ?= python3
 VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
+TSTAMP  := $(VENV)/.installed-test
 RESULTS ?= results
 ARGS    ?=
 
@@ -16,8 +17,13 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e .
 	touch $(STAMP)
+
+# tests also need the dev tools and the optional Ray launcher (tests/test_launchers.py runs every launcher)
+$(TSTAMP): $(STAMP)
+	$(BIN)/pip install --quiet -e '.[dev,ray]'
+	touch $(TSTAMP)
 
 install: $(STAMP)  ## create .venv and install the project (CPU torch)
 
@@ -36,17 +42,17 @@ tune: $(STAMP)  ## the claim grid with the learning rate tuned per cell (Optuna)
 	$(BIN)/python -m sweep experiment=tune results_dir=$(RESULTS) $(ARGS)
 	$(BIN)/python -m analysis $(RESULTS)/tune
 
-test: $(STAMP)  ## every test, slow ones included (what CI runs)
+test: $(TSTAMP)  ## every test, slow ones included (what CI runs)
 	$(BIN)/python -m pytest -q
 
-test-fast: $(STAMP)  ## the tests not marked slow
+test-fast: $(TSTAMP)  ## the tests not marked slow
 	$(BIN)/python -m pytest -q -m "not slow"
 
-lint: $(STAMP)  ## ruff lint and format check
+lint: $(TSTAMP)  ## ruff lint and format check
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-format: $(STAMP)  ## apply ruff's formatting and safe fixes
+format: $(TSTAMP)  ## apply ruff's formatting and safe fixes
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 

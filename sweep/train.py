@@ -93,7 +93,7 @@ def evaluate(model: RecurrentModel, inputs: torch.Tensor, targets: torch.Tensor)
     model.eval()
     state = None
     heads = targets.shape[0]
-    loss_sum = torch.zeros((), device=inputs.device)
+    loss_sum = torch.zeros((), dtype=torch.float64, device=inputs.device)  # float32 sums round visibly
     correct = torch.zeros(heads, device=inputs.device)
     counted = torch.zeros(heads, device=inputs.device)
     for start in range(0, inputs.shape[1], chunk):

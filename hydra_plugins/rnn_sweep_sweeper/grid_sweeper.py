@@ -4,29 +4,34 @@
   grid stops the sweep with one message and no records.
 - Grid points whose folder already holds a complete record with the same config signature are not scheduled
   again (a rerun after a kill schedules only what is missing).
-- At the end it writes `sweep_summary.json` (complete / diverged / failed / missing per job) and exits non-zero
-  if any job failed or left no record.
+- At the end it writes `sweep_summary.json` (complete / diverged / failed / missing per job) and exits
+  non-zero if any job failed or left no record.
 """
 
 import logging
+import os
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.config_store import ConfigStore
 from hydra.core.override_parser.overrides_parser import OverridesParser
-from hydra.errors import CompactHydraException
 from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
-from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from omegaconf import DictConfig, OmegaConf
+
+from hydra_plugins.rnn_sweep_optuna.settings import TUNE_KEYS, TuneSettings
+from sweep.errors import RunFailed
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
-class GridSweeperConf:
+class GridSweeperConf(TuneSettings):
+    """A grid; with `search` set, a grid x an Optuna search in every grid point (rnn_sweep_optuna)."""
+
     _target_: str = "hydra_plugins.rnn_sweep_sweeper.grid_sweeper.GridSweeper"
     max_batch_size: Optional[int] = None  # noqa: UP045 (OmegaConf reads these annotations)
     params: Optional[dict[str, str]] = None  # noqa: UP045
@@ -35,8 +40,8 @@ class GridSweeperConf:
 ConfigStore.instance().store(group="hydra/sweeper", name="grid", node=GridSweeperConf, provider="rnn-sweep")
 
 
-class SweepFailed(CompactHydraException):
-    pass
+class SweepFailed(RunFailed):
+    """Some jobs failed or left no record: exit 1 with one line (sweep/errors.py), not a usage error."""
 
 
 @dataclass
@@ -76,6 +81,45 @@ def plan_jobs(sweeper: BasicSweeper, arguments: list[str]) -> list[PlannedJob]:
     return jobs
 
 
+def launcher_parallelism(launcher_cfg: Any, max_batch_size: int | None = None) -> int:
+    """How many jobs of a sweep run at once on one machine, so that each takes cores // n torch threads.
+
+    joblib: n_jobs (-1 = all cores). submitit_local: every job of a launched batch runs at once, and the
+    sweepers cap a batch at `max_batch_size`, or at cores // cpus_per_task (all cores when unset).
+    submitit_slurm: each job has its own allocation of cpus_per_task cores. ray: ray.init's num_cpus (all
+    cores when unset) // the num_cpus each task asks for in ray.remote (1 when unset).
+    """
+    cores = os.cpu_count() or 1
+    kind = str(launcher_cfg.get("_target_", None) or "").rsplit(".", 1)[-1]
+    if "n_jobs" in launcher_cfg:
+        n_jobs = launcher_cfg.get("n_jobs")
+        n = cores if n_jobs is None or n_jobs < 0 else n_jobs
+    elif kind == "LocalLauncher":
+        cpus = launcher_cfg.get("cpus_per_task", None)
+        n = max_batch_size or (cores // cpus if cpus else cores)
+    elif kind == "SlurmLauncher":
+        cpus = launcher_cfg.get("cpus_per_task", None)
+        n = cores // cpus if cpus else 1
+    elif kind == "RayLauncher":
+        ray = launcher_cfg.get("ray", None) or {}
+        total = (ray.get("init", None) or {}).get("num_cpus", None) or cores
+        per = (ray.get("remote", None) or {}).get("num_cpus", None) or 1
+        n = int(total // per)
+    else:
+        n = 1
+    return max(1, int(n))
+
+
+def batch_limit(launcher_cfg: Any, max_batch_size: int | None) -> int | None:
+    """The most jobs to hand the launcher at once: `max_batch_size`; else, for a launcher that starts every
+    job it is given at once on this machine (submitit_local), as many as the cores take; else no limit."""
+    if max_batch_size:
+        return int(max_batch_size)
+    if str(launcher_cfg.get("_target_", None) or "").endswith("submitit_launcher.LocalLauncher"):
+        return launcher_parallelism(launcher_cfg)
+    return None
+
+
 def summarize(jobs: list[PlannedJob]) -> dict[str, Any]:
     from sweep.record import read_run
 
@@ -94,14 +138,31 @@ def summarize(jobs: list[PlannedJob]) -> dict[str, Any]:
 
 
 class GridSweeper(BasicSweeper):
-    def __init__(self, max_batch_size: int | None = None, params: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, max_batch_size: int | None = None, params: dict[str, str] | None = None, **tune: Any
+    ) -> None:
         super().__init__(max_batch_size=max_batch_size, params=params)
+        unknown = set(tune) - set(TUNE_KEYS)
+        if unknown:
+            raise TypeError(f"GridSweeper: unknown settings {sorted(unknown)}")
+        self.tune = tune
+        self.tuner: Sweeper | None = None
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
+        if self.tune.get("search"):  # a tuned grid: hand the whole sweep to the Optuna grid sweeper
+            from hydra_plugins.rnn_sweep_optuna.optuna_sweeper import OptunaGridSweeper
+
+            tuner = OptunaGridSweeper(max_batch_size=self.max_batch_size, params=self.params, **self.tune)
+            self.tuner = tuner
+            self.tuner.setup(hydra_context=hydra_context, task_function=task_function, config=config)
+            return
         super().setup(hydra_context=hydra_context, task_function=task_function, config=config)
 
     def sweep(self, arguments: list[str]) -> Any:
         from sweep.record import is_done, write_json
+
+        if self.tuner is not None:
+            return self.tuner.sweep(arguments)
 
         jobs = plan_jobs(self, arguments)
         todo = [job for job in jobs if not is_done(job.out_dir, job.signature)]
@@ -112,10 +173,15 @@ class GridSweeper(BasicSweeper):
         sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
         returns = []
-        batch = self.max_batch_size or len(todo) or 1
+        batch = batch_limit(self.config.hydra.launcher, self.max_batch_size) or len(todo) or 1
         for start in range(0, len(todo), batch):
             chunk = todo[start : start + batch]
-            returns.append(self.launcher.launch([j.overrides for j in chunk], initial_job_idx=start))
+            try:
+                returns.append(self.launcher.launch([j.overrides for j in chunk], initial_job_idx=start))
+            except Exception as exc:  # a lost worker (killed, out of memory): its jobs show up as missing
+                log.error(
+                    "launcher error (%s: %s): see the summary for missing jobs", type(exc).__name__, exc
+                )
 
         summary = summarize(jobs)
         write_json(sweep_dir / "sweep_summary.json", summary)

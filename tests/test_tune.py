@@ -1,0 +1,377 @@
+"""Tuning (issue 5): a grid of cells x an Optuna search per cell; resume after kill -9; shared studies.
+
+Fast tests check the pieces (search-space syntax, what a record tells Optuna, stale-trial rules, the surplus
+guard); slow ones run `python -m sweep experiment=tune ...` on a 2-cell grid: killed and rerun, and twice at
+once against one PostgreSQL study.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import optuna
+import pytest
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from omegaconf import OmegaConf
+from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+from optuna.trial import TrialState
+
+from hydra_plugins.rnn_sweep_optuna import search_space as ss
+from hydra_plugins.rnn_sweep_optuna import studies as st
+from hydra_plugins.rnn_sweep_optuna.optuna_sweeper import Cell, OptunaGridSweeper, TrialJob
+from hydra_plugins.rnn_sweep_sweeper.grid_sweeper import PlannedJob
+from sweep.config import ConfigError
+from tests.conftest import REPO, TINY
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+LR = "tag(log, interval(1e-3, 1e-1))"
+TWO_CELLS = ["model=rnn,lstm", "batch_size=4", "num_steps=4", "seed=0"]
+
+
+# ------------------------------------------------------------------------------------------ search space
+def test_search_space_syntax_maps_to_optuna_distributions():
+    space = ss.parse_search_space(
+        {
+            "optim.lr": "tag(log, interval(1e-4, 1e-1))",
+            "optim.clip": "interval(0.5, 5)",
+            "model.hidden_size": "tag(int, interval(8, 64))",
+            "model.num_layers": "range(1, 4)",
+            "optim.momentum": "choice(0.0, 0.9)",
+            "optim.name": "sgd,adam",
+            "optim.base_batch_size": "16",
+        }
+    )
+    assert space["optim.lr"] == FloatDistribution(1e-4, 1e-1, log=True)
+    assert space["optim.clip"] == FloatDistribution(0.5, 5.0)
+    assert space["model.hidden_size"] == IntDistribution(8, 64)
+    assert space["model.num_layers"] == IntDistribution(1, 3)  # Hydra's range excludes its end
+    assert space["optim.momentum"] == CategoricalDistribution([0.0, 0.9])
+    assert space["optim.name"] == CategoricalDistribution(["sgd", "adam"])
+    assert space["optim.base_batch_size"] == 16
+
+
+@pytest.mark.parametrize(
+    "spec",
+    ["tag(log, interval(0, 1))", "interval(1, 1)", "tag(loud, interval(1, 2))", "interval(1", "range(5, 1)"],
+)
+def test_a_bad_search_space_is_one_config_error(spec):
+    with pytest.raises(ConfigError, match=r"invalid search space: optim\.lr="):
+        ss.parse_search_space({"optim.lr": spec})
+
+
+@pytest.mark.parametrize("value", [1e-5, 0.1 + 0.2, 3, True, None, "adam", "a=1,b:2", "it's", "null"])
+def test_values_go_back_to_overrides_unchanged(value):
+    assert OverridesParser.create().parse_override(f"k={ss.format_value(value)}").value() == value
+
+
+# ------------------------------------------------------------------------------------------ outcomes
+def _rec(status="complete", sig="s", **summary):
+    return {"status": status, "signature": sig, "summary": summary, "error": "RuntimeError: boom"}
+
+
+def test_what_a_record_tells_optuna():
+    assert st.outcome(_rec(valid_loss=0.25), "s", "valid_loss") == (TrialState.COMPLETE, 0.25, "complete")
+    assert st.outcome(_rec(lag_accuracy={"8": 0.9}), "s", "lag_accuracy.8")[:2] == (TrialState.COMPLETE, 0.9)
+    assert st.outcome(_rec("diverged", valid_loss=None), "s", "valid_loss")[0] == TrialState.PRUNED
+    state, value, reason = st.outcome(_rec("failed"), "s", "valid_loss")
+    assert (state, value) == (TrialState.FAIL, None) and "boom" in reason
+    assert st.outcome(None, "s", "valid_loss")[0] == TrialState.FAIL
+    assert st.outcome(_rec(valid_loss=0.25), "other", "valid_loss")[0] == TrialState.FAIL
+    assert st.outcome(_rec(valid_loss=float("nan")), "s", "valid_loss")[0] == TrialState.FAIL
+    assert st.outcome(_rec(train_loss=1.0), "s", "valid_loss")[0] == TrialState.FAIL
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    return proc.pid
+
+
+def _running_trial(study: optuna.Study, owner: dict | None, heartbeat: float | None = None):
+    trial = study.ask({"optim.lr": FloatDistribution(1e-3, 1e-1, log=True)})
+    if owner is not None:
+        study._storage.set_trial_user_attr(trial._trial_id, st.OWNER_ATTR, owner)
+    if heartbeat is not None:
+        study._storage.set_trial_user_attr(trial._trial_id, st.HEARTBEAT_ATTR, heartbeat)
+    return trial
+
+
+def test_a_running_trial_is_stale_when_its_sweep_process_is_gone(tmp_path):
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 's.db'}")
+    me = st.me()
+    now = time.time()
+    mine = _running_trial(study, me)
+    dead = _running_trial(study, {**me, "pid": _dead_pid()})
+    reused = _running_trial(study, {**me, "start": "1"})  # a live pid, but another process's start time
+    remote_fresh = _running_trial(study, {**me, "host": "elsewhere", "pid": 1}, heartbeat=now - 10)
+    remote_silent = _running_trial(study, {**me, "host": "elsewhere", "pid": 1}, heartbeat=now - 1000)
+    unclaimed = _running_trial(study, None)
+    by_number = {t.number: t for t in study.get_trials(deepcopy=False)}
+
+    def stale(trial, at=now):
+        return st.is_stale(by_number[trial.number], stale_after_s=300, now=at)
+
+    assert not stale(mine) and stale(dead) and stale(reused)
+    assert not stale(remote_fresh) and stale(remote_silent)
+    assert not stale(unclaimed) and stale(unclaimed, at=now + 1000)  # asked, never handed out: after a while
+
+
+def _sweeper(tmp_path: Path, n_trials: int) -> tuple[OptunaGridSweeper, Cell]:
+    sweeper = OptunaGridSweeper(search={"optim.lr": LR}, n_trials=n_trials)
+    sweeper.config = OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}}})
+    study = optuna.create_study(study_name="cell", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
+    return sweeper, Cell(job=PlannedJob([], tmp_path / "cell", "sig"), study=study, name="cell")
+
+
+def test_stale_trials_are_settled_from_their_records_so_no_finished_run_is_lost(tmp_path):
+    sweeper, cell = _sweeper(tmp_path, n_trials=3)
+    study, dead = cell.study, {**st.me(), "pid": _dead_pid()}
+    finished = _running_trial(study, dead)  # its run wrote a complete record, then the sweep process died
+    run_dir = tmp_path / "cell,trial=0"
+    run_dir.mkdir()
+    (run_dir / "run.json").write_text(json.dumps(_rec(sig="s0", valid_loss=0.75)))
+    for key, value in {"signature": "s0", "folder": run_dir.name, "run_dir": str(run_dir)}.items():
+        study._storage.set_trial_user_attr(finished._trial_id, key, value)
+    unfinished = _running_trial(study, dead)  # its run never wrote a record
+    study._storage.set_trial_user_attr(unfinished._trial_id, "signature", "s1")
+    alive = _running_trial(study, st.me())  # still running in this (live) process: left alone
+
+    stale = [t for t in study.get_trials(deepcopy=False) if st.is_stale(t, 300)]
+    assert [t.number for t in stale] == [finished.number, unfinished.number]
+    sweeper._recover(cell, stale)
+    trials = {t.number: t for t in study.get_trials(deepcopy=False)}
+    assert trials[finished.number].state == TrialState.COMPLETE and trials[finished.number].value == 0.75
+    assert (
+        trials[unfinished.number].state == TrialState.FAIL and trials[unfinished.number].user_attrs["stale"]
+    )
+    assert trials[alive.number].state == TrialState.RUNNING
+    counts = st.counts(list(trials.values()))
+    assert counts["complete"] == 1 and counts["stale"] == 1 and counts["bad"] == 0  # stale: not a failed run
+
+
+def test_a_trial_asked_when_n_trials_are_complete_or_running_is_surplus_and_never_runs(tmp_path):
+    sweeper, cell = _sweeper(tmp_path, n_trials=2)
+    study = cell.study
+    done = _running_trial(study, st.me())
+    study.tell(done.number, 1.0)
+    _running_trial(study, st.me())  # the other process's last trial, running
+    late = _running_trial(study, st.me())  # asked by this process at the same moment
+    job = TrialJob(cell, late.number, late._trial_id, {}, [], tmp_path / "x", "sig")
+    assert sweeper._drop_surplus(cell, [job]) == []
+    late_trial = study.get_trials(deepcopy=False)[late.number]
+    assert late_trial.state == TrialState.FAIL and late_trial.user_attrs["surplus"]
+    # with a slot free, a trial is kept
+    sweeper.n_trials = 3
+    again = _running_trial(study, st.me())
+    job = TrialJob(cell, again.number, again._trial_id, {}, [], tmp_path / "y", "sig")
+    assert sweeper._drop_surplus(cell, [job]) == [job]
+
+
+def test_journal_storage_urls_make_a_journal_file(tmp_path):
+    storage = st.make_storage(f"journal:{tmp_path / 'j' / 'studies.log'}")
+    study = optuna.create_study(study_name="j", storage=storage)
+    study.tell(study.ask(), 1.0)
+    assert (tmp_path / "j" / "studies.log").stat().st_size > 0
+    assert st.public_url("postgresql://u:secret@h/db") == "postgresql://u:***@h/db"
+
+
+# ------------------------------------------------------------------------------------------ command line
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "sweep", "experiment=tune", *args]
+
+
+def _env() -> dict[str, str]:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.pop("HYDRA_FULL_ERROR", None)
+    return env
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["hydra.sweeper.direction=up"], "hydra.sweeper.direction='up': must be minimize or maximize"),
+        (["optim.lr=0.1"], "optim.lr is both"),
+        (['++hydra.sweeper.search={optim.lr:"tag(log, interval(1e-3, 1e-1))",optim.clip:"interval(-1, 1)"}'],
+         "optim.clip"),
+    ],
+)  # fmt: skip
+def test_bad_tuning_input_is_one_line_and_leaves_nothing(tmp_path, args, expected):
+    proc = subprocess.run(
+        _cli(f"results_dir={tmp_path / 'r'}", *TWO_CELLS, *args), cwd=REPO, env=_env(), capture_output=True,
+        text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode != 0
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and expected in lines[0], proc.stderr[-2000:]
+    assert not (tmp_path / "r").exists()
+
+
+def _tune_args(results: Path, *extra: str) -> list[str]:
+    return _cli(
+        f"results_dir={results}",
+        *TWO_CELLS,
+        *TINY,
+        "hydra.sweeper.n_trials=3",
+        "hydra.sweeper.poll_s=1",
+        *extra,
+    )
+
+
+def _study_trials(storage: str, prefix: str) -> dict[str, list]:
+    out = {}
+    for summary in optuna.get_all_study_summaries(storage=storage):
+        if summary.study_name.startswith(prefix):
+            study = optuna.load_study(study_name=summary.study_name, storage=storage)
+            out[summary.study_name] = study.get_trials(deepcopy=False)
+    return out
+
+
+def _trial_records(*sweep_dirs: Path) -> dict[tuple[str, int], dict]:
+    """Every trial run record under the sweep folders, by (study, trial); a duplicate fails the test."""
+    recs: dict[tuple[str, int], dict] = {}
+    for d in sweep_dirs:
+        for p in d.glob("*/run.json"):
+            rec = json.loads(p.read_text())
+            key = (rec["config"]["study"], rec["config"]["trial"])
+            assert key not in recs, f"two records for trial {key}"
+            recs[key] = {**rec, "folder": p.parent}
+    return recs
+
+
+def _check_studies(
+    trials_by_study: dict[str, list], recs: dict[tuple[str, int], dict], n_trials: int
+) -> None:
+    assert len(trials_by_study) == 2
+    for name, trials in trials_by_study.items():
+        complete = [t for t in trials if t.state == TrialState.COMPLETE]
+        assert len(complete) == n_trials, (name, [(t.number, t.state.name) for t in trials])
+        assert not [t for t in trials if t.state == TrialState.RUNNING]
+        for t in complete:  # every complete trial is a normal run record, marked with its study and trial
+            rec = recs[(name, t.number)]
+            assert rec["status"] == "complete" and rec["summary"]["valid_loss"] == t.value
+            assert rec["folder"].name.endswith(f",trial={t.number}")
+            assert rec["config"]["optim"]["lr"] == t.params["optim.lr"] == rec["summary"]["lr"]
+    # and no finished run is left out of its study (a record that Optuna does not count as complete)
+    counted = {
+        (name, t.number) for name, ts in trials_by_study.items() for t in ts if t.state == TrialState.COMPLETE
+    }
+    assert {k for k, r in recs.items() if r["status"] == "complete"} == counted
+
+
+@pytest.mark.slow
+def test_kill_9_while_tuning_then_rerun_ends_with_exactly_n_trials_per_cell(tmp_path):
+    """Issue 5, done means 2: 3 trials per cell on a 2-cell grid, killed and rerun."""
+    results = tmp_path / "r"
+    sweep_dir = results / "tune"
+    storage = f"sqlite:///{sweep_dir / 'optuna.db'}"
+    args = _tune_args(results, "hydra.launcher.n_jobs=2")
+    proc = subprocess.Popen(args, cwd=REPO, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)  # fmt: skip
+    try:
+        deadline = time.time() + 120
+        while not list(sweep_dir.glob("*/run.json")) and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.05)
+        assert proc.poll() is None, "the sweep ended before it could be killed"
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    # a trial is told only when its whole batch is back: the kill leaves trials RUNNING, some with records
+    before = _study_trials(storage, "tune:")
+    left_running = [(n, t.number) for n, ts in before.items() for t in ts if t.state == TrialState.RUNNING]
+    assert left_running
+    on_disk = {(r["config"]["study"], r["config"]["trial"]) for r in _trial_records(sweep_dir).values()}
+    assert not (tmp_path / "r" / "tune" / "best_trials.json").exists()
+
+    rerun = subprocess.run(args, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert "stale trial" in rerun.stdout + rerun.stderr  # Hydra logs to stdout
+    after = _study_trials(storage, "tune:")
+    recs = _trial_records(sweep_dir)
+    _check_studies(after, recs, n_trials=3)
+    for name, number in left_running:  # a killed trial whose run had finished counts; the others failed
+        trial = after[name][number]
+        assert trial.state == (TrialState.COMPLETE if (name, number) in on_disk else TrialState.FAIL)
+    best = json.loads((sweep_dir / "best_trials.json").read_text())
+    assert best["objective"] == "valid_loss" and len(best["cells"]) == 2
+    for cell in best["cells"]:
+        trials = after[cell["study"]]
+        top = min((t for t in trials if t.state == TrialState.COMPLETE), key=lambda t: t.value)
+        assert cell["complete"] and cell["best"]["trial"] == top.number and cell["best"]["value"] == top.value
+        assert (
+            cell["best"]["params"] == {"optim.lr": top.params["optim.lr"]} == {"optim.lr": cell["best"]["lr"]}
+        )
+        assert (sweep_dir / cell["best"]["folder"] / "run.json").exists()
+        assert cell["cell"]["model"] in ("rnn", "lstm") and cell["cell"]["batch_size"] == "4"
+
+
+# ------------------------------------------------------------------------------------------ PostgreSQL
+@pytest.fixture(scope="module")
+def pg_url() -> str:
+    """A PostgreSQL server on localhost: RNN_SWEEP_PG_URL, or one that .ci/postgres.sh starts when the server
+    binaries are installed (the script installs them with apt; CI runs it first)."""
+    pytest.importorskip("psycopg", reason="no PostgreSQL driver: pip install -e . (psycopg[binary])")
+    url = os.environ.get("RNN_SWEEP_PG_URL")
+    if not url:
+        if not glob.glob("/usr/lib/postgresql/*/bin/initdb"):
+            pytest.skip(
+                "no PostgreSQL server: set RNN_SWEEP_PG_URL, or run .ci/postgres.sh (apt-installs one)"
+            )
+        proc = subprocess.run(["bash", str(REPO / ".ci" / "postgres.sh")], capture_output=True, text=True,
+                              timeout=180)  # fmt: skip
+        if proc.returncode != 0:
+            pytest.skip(f"could not start PostgreSQL with .ci/postgres.sh: {proc.stderr.strip()[-500:]}")
+        url = proc.stdout.strip().splitlines()[-1]
+    import sqlalchemy
+
+    try:
+        with sqlalchemy.create_engine(url).connect():
+            pass
+    except Exception as exc:
+        pytest.skip(f"PostgreSQL at {st.public_url(url)} does not answer: {exc}")
+    return url
+
+
+@pytest.mark.slow
+def test_two_sweep_processes_share_one_postgres_study_per_cell(tmp_path, pg_url):
+    """Issue 5, done means 3: two processes at once, n_trials complete per study, none lost or duplicated."""
+    prefix = f"pg-{uuid.uuid4().hex[:8]}"
+    shared = [f"hydra.sweeper.storage={pg_url}", f"hydra.sweeper.study_prefix={prefix}",
+              "hydra.sweeper.sampler_seed=null", "hydra.launcher.n_jobs=1"]  # fmt: skip
+    procs = [
+        subprocess.Popen(
+            _tune_args(tmp_path / f"machine{i}", *shared),
+            cwd=REPO,
+            env=_env(),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(2)
+    ]
+    try:
+        errs = [p.communicate(timeout=300)[1] for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    try:
+        assert [p.returncode for p in procs] == [0, 0], "\n".join(e[-2000:] for e in errs)
+        trials = _study_trials(pg_url, f"{prefix}:")
+        recs = _trial_records(tmp_path / "machine0" / "tune", tmp_path / "machine1" / "tune")
+        _check_studies(trials, recs, n_trials=3)
+        # every trial number ran at most once, in one of the two processes; surplus trials never ran
+        for name, ts in trials.items():
+            for t in ts:
+                ran = (name, t.number) in recs
+                assert ran != bool(t.user_attrs.get("surplus")), (name, t.number, t.state.name)
+    finally:
+        for name in _study_trials(pg_url, f"{prefix}:"):
+            optuna.delete_study(study_name=name, storage=pg_url)
