@@ -1,0 +1,481 @@
+"""Run records on disk -> tidy tables.
+
+Every `run.json` under a results folder becomes one row of `runs` (flattened config + summary + status +
+folder), failed and diverged runs included. A record that cannot be trusted (truncated JSON, a finished run
+whose `steps.parquet` is missing or unreadable) is skipped with a warning that names it, and listed in
+`skipped`.
+Grid points a sweep planned (`sweep_summary.json`, else `multirun.yaml`) that left no usable record are listed
+in `missing`. The per-update, per-evaluation and per-profile series are read on demand by `load_series`.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import yaml
+
+log = logging.getLogger(__name__)
+
+RUN_FILE = "run.json"
+SERIES = ("steps", "evals", "profiles")
+FINISHED = ("complete", "diverged")  # statuses whose training series must be on disk
+REPORT_DIR = "report"
+# Config keys that change where or how a run is shown, never what it computes (as in sweep/record.py), plus
+# the
+# factors under test and the keys already named by the split columns: none of them defines a "variant".
+_NOT_A_VARIANT = {
+    "results_dir",
+    "name",
+    "device",
+    "threads",
+    "progress_every_s",
+    "batch_size",
+    "num_steps",
+    "seed",
+    "model.cell",
+    "task.name",
+    "task.lag",
+    "task.lags",
+    "task.level",
+    "task.path",
+    "budget.kind",
+    "budget.amount",
+    "optim.lr_scaling",
+    "study",
+    "trial",
+    # bookkeeping that changes neither training nor the measures
+    "eval.points",
+    "group_norm_every",
+    "measure.checkpoints",
+}
+# Summary fields the analysis reads: present as columns (NaN) even when no record has them (only failed runs,
+# or measures not written yet).
+EXPECTED = (
+    "tokens_per_s",
+    "train_loss",
+    "valid_loss",
+    "valid_accuracy",
+    "grad_norm_max",
+    "grad_norm_median",
+    "chance_accuracy",
+    "diverged_at_step",
+    "span",
+    "memory_capacity",
+    "effective_context",
+    "gradient_horizon",
+    "gradient_explodes",
+)
+# Nuisance parameters a tuning study searches over: they vary between trials by design.
+_TUNED_KEYS = {"optim.lr", "optim.clip", "optim.momentum"}
+
+
+@dataclass
+class Results:
+    root: Path
+    runs: pd.DataFrame
+    skipped: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=["folder", "reason"]))
+    missing: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=["sweep", "folder", "status"]))
+    grid_points: int = 0  # planned points across the sweep files found (0: no sweep file)
+
+
+class NoRecords(RuntimeError):
+    pass
+
+
+# -----------------------------------------------------------------------------------------------------
+# records
+def load_results(root: str | Path) -> Results:
+    """Read every record under `root` (recursively). Raises NoRecords when there is none to read."""
+    root = Path(root).resolve()
+    if not root.is_dir():
+        raise NoRecords(f"{root} is not a folder")
+    rows: list[dict[str, Any]] = []
+    skipped: list[dict[str, str]] = []
+    seen: set[Path] = set()
+    for path in sorted(_walk(root, RUN_FILE)):
+        folder = path.parent
+        seen.add(folder)
+        row, reason = _read_record(folder, root)
+        if row is None:
+            log.warning("skipped %s: %s", _rel(folder, root), reason)
+            skipped.append({"folder": _rel(folder, root), "reason": reason})
+        else:
+            rows.append(row)
+    # A killed job leaves its series but no run.json (written last): it is a partial record, not a silent gap.
+    for path in sorted(_walk(root, "steps.parquet")):
+        if path.parent not in seen:
+            reason = "partial record: steps.parquet without run.json (the job was interrupted)"
+            log.warning("skipped %s: %s", _rel(path.parent, root), reason)
+            skipped.append({"folder": _rel(path.parent, root), "reason": reason})
+    if not rows and not skipped:
+        raise NoRecords(f"no run records ({RUN_FILE}) under {root}")
+    runs = _finish_table(pd.DataFrame(rows), _best_trials(root)) if rows else pd.DataFrame()
+    if runs.empty:
+        raise NoRecords(f"no readable run records under {root} ({len(skipped)} skipped)")
+    skipped_df = pd.DataFrame(skipped, columns=["folder", "reason"])
+    missing, planned = _missing_points(root, set(runs["folder"]))
+    return Results(root, runs, skipped_df, missing, planned)
+
+
+def _walk(root: Path, name: str):
+    """Files called `name` under root, leaving out the report folders this package writes."""
+    for path in root.rglob(name):
+        if REPORT_DIR not in path.relative_to(root).parts[:-1]:
+            yield path
+
+
+def _rel(folder: Path, root: Path) -> str:
+    rel = folder.relative_to(root).as_posix()
+    return rel if rel != "." else "."
+
+
+def _read_record(folder: Path, root: Path) -> tuple[dict[str, Any] | None, str]:
+    try:
+        rec = json.loads((folder / RUN_FILE).read_text())
+    except (OSError, UnicodeDecodeError) as exc:
+        return None, f"unreadable {RUN_FILE}: {exc}"
+    except ValueError as exc:
+        return None, f"corrupt {RUN_FILE} (truncated or invalid JSON: {exc})"
+    if not isinstance(rec, dict) or not isinstance(rec.get("config"), dict) or "status" not in rec:
+        return None, f"{RUN_FILE} is not a run record (no config or status)"
+    status = rec["status"]
+    series = {}
+    for name in SERIES:
+        file = folder / f"{name}.parquet"
+        if not file.exists():
+            series[name] = False
+            continue
+        try:
+            pq.read_metadata(file)  # the footer is written last: a truncated file fails here
+        except Exception as exc:
+            return None, f"corrupt {file.name}: {exc}"
+        series[name] = True
+    if status in FINISHED and not series["steps"]:
+        return None, f"partial record: status '{status}' but steps.parquet is missing"
+    return _flatten(rec, folder, root, series), ""
+
+
+def _flatten(rec: dict[str, Any], folder: Path, root: Path, series: dict[str, bool]) -> dict[str, Any]:
+    cfg = rec["config"]
+    summary = rec.get("summary") or {}
+    env = rec.get("env") or {}
+    task = cfg.get("task") or {}
+    model = cfg.get("model") or {}
+    optim = cfg.get("optim") or {}
+    budget = cfg.get("budget") or {}
+    # hydra/sweeper=optuna_grid marks each trial run's config with its study (one per grid cell) and number
+    tuned = cfg.get("study") is not None or cfg.get("trial") is not None
+    row: dict[str, Any] = {
+        "run_id": _rel(folder, root),
+        "folder": str(folder),
+        "status": rec["status"],
+        "error": rec.get("error"),
+        "signature": rec.get("signature"),
+        "task": task.get("name"),
+        "task_label": _task_label(task),
+        "cell": model.get("cell"),
+        "batch_size": cfg.get("batch_size"),
+        "num_steps": cfg.get("num_steps"),
+        "seed": cfg.get("seed"),
+        "budget_kind": budget.get("kind"),
+        "budget_amount": budget.get("amount"),
+        "budget": f"{budget.get('kind')} {_num(budget.get('amount'))}",
+        "optimizer": optim.get("name"),
+        "lr_scaling": optim.get("lr_scaling"),
+        "protocol": _protocol(optim, tuned),
+        "tuning_trial": tuned,
+        "study": cfg.get("study"),
+        "trial_number": cfg.get("trial"),
+        "has_steps": series["steps"],
+        "has_evals": series["evals"],
+        "has_profiles": series["profiles"],
+    }
+    for key, value in summary.items():
+        if key == "lag_accuracy" and isinstance(value, dict):
+            counts = summary.get("lag_count") or {}
+            for lag, acc in value.items():
+                # a lag with no held-out target (stream rows shorter than the lag) has no accuracy, not 0
+                row[f"acc_lag_{lag}"] = None if counts.get(lag, 1) == 0 else acc
+        elif _is_scalar(value):
+            row[key] = value
+    for key in (
+        "device",
+        "gpu",
+        "cpu",
+        "cpu_count",
+        "threads",
+        "parallel_jobs",
+        "launcher",
+        "torch",
+        "python",
+    ):
+        row[f"env.{key}"] = env.get(key)
+    for key, value in (env.get("versions") or {}).items():
+        row[f"env.{key}"] = value
+    for key, value in _flat_config(cfg).items():
+        row[f"cfg.{key}"] = value
+    return row
+
+
+def _num(x: Any) -> str:
+    return f"{x:g}" if isinstance(x, (int, float)) else str(x)
+
+
+def _is_scalar(value: Any) -> bool:
+    return value is None or isinstance(value, (bool, int, float, str))
+
+
+def _flat_config(cfg: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in cfg.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(_flat_config(value, f"{name}."))
+        elif isinstance(value, list):
+            out[name] = json.dumps(value)  # lists (lags, contexts) as text: parquet columns stay one type
+        else:
+            out[name] = value
+    return out
+
+
+def _task_label(task: dict[str, Any]) -> str:
+    name = task.get("name")
+    if name == "echo":
+        return f"echo (lag {task.get('lag')})"
+    if name == "lags":
+        lags = task.get("lags") or []
+        return f"lags ({min(lags)}-{max(lags)})" if lags else "lags"
+    if name == "text":
+        source = (
+            (Path(task["path"]).parent.name or Path(task["path"]).name) if task.get("path") else "built-in"
+        )
+        return f"text ({task.get('level', 'word')}, {source})"
+    return str(name)
+
+
+def _protocol(optim: dict[str, Any], tuned: bool) -> str:
+    """How the learning rate was set across batch sizes ("tuned lr" when the record is a tuning trial)."""
+    if tuned:
+        return "tuned lr"
+    scaling = optim.get("lr_scaling", "none")
+    return "fixed lr" if scaling in (None, "none") else f"scaled lr ({scaling})"
+
+
+# ------------------------------------------------------------------------------------------ table-wide
+# columns
+def _finish_table(runs: pd.DataFrame, best: set[str]) -> pd.DataFrame:
+    runs = runs.copy()
+    for col in EXPECTED:
+        if col not in runs:
+            runs[col] = np.nan
+    for col in ("batch_size", "num_steps", "seed"):
+        runs[col] = pd.to_numeric(runs[col], errors="coerce").astype("Int64")
+    runs["variant"] = _variants(runs)
+    runs["split"] = [
+        " · ".join(p for p in parts if p)
+        for parts in zip(runs["task_label"], runs["budget"], runs["protocol"], runs["variant"], strict=True)
+    ]
+    _mark_best(runs, best)
+    # Tuning trials other than the best one per grid cell are records, not results: kept, never judged.
+    runs["in_verdicts"] = runs["status"].isin(FINISHED) & (~runs["tuning_trial"] | runs["best_trial"])
+    tps = pd.to_numeric(runs["tokens_per_s"], errors="coerce")
+    runs["log_tokens_per_s"] = np.log(tps.where(tps > 0))
+    gmax = pd.to_numeric(runs["grad_norm_max"], errors="coerce")
+    log_g = np.log(gmax.where(gmax > 0))
+    # A diverged run's norm went non-finite: for "do gradients explode" it is the largest norm there is.
+    runs["log_grad_norm_max"] = log_g.where(runs["status"] != "diverged", np.inf)
+    _recall_measures(runs)
+    return runs
+
+
+def _best_trials(root: Path) -> set[str]:
+    """Folders of the best trial of each tuned grid cell, from every best_trials.json (optuna_grid)."""
+    best = set()
+    for path in _walk(root, "best_trials.json"):
+        try:
+            cells = json.loads(path.read_text())["cells"]
+            best |= {
+                str(path.parent / c["best"]["folder"]) for c in cells if (c.get("best") or {}).get("folder")
+            }
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            log.warning("cannot read %s: %s", path, exc)
+    return best
+
+
+def _mark_best(runs: pd.DataFrame, best: set[str]) -> None:
+    """best_trial: named by best_trials.json; a study that has no such entry (a tuning sweep still running)
+    falls back to its complete trial with the lowest held-out loss, the sweeper's default objective."""
+    runs["best_trial"] = runs["folder"].isin(best) & runs["tuning_trial"]
+    runs["best_source"] = np.where(runs["best_trial"], "best_trials.json", None)
+    tuned = runs[runs["tuning_trial"] & runs["study"].notna()]
+    for _study, trials in tuned.groupby("study"):
+        if trials["best_trial"].any():
+            continue
+        done = trials[trials["status"] == "complete"]
+        loss = pd.to_numeric(done["valid_loss"], errors="coerce")
+        if loss.notna().any():
+            i = loss.idxmin()
+            runs.loc[i, "best_trial"] = True
+            runs.loc[i, "best_source"] = "lowest valid_loss (no best_trials.json entry)"
+
+
+def _variants(runs: pd.DataFrame) -> pd.Series:
+    """Other config keys that differ between runs (e.g. hidden_size, optimizer): each value is a setting."""
+    cfg_cols = [c for c in runs.columns if c.startswith("cfg.")]
+    tuned = runs["tuning_trial"].astype(bool)
+    keys = []
+    for col in cfg_cols:
+        key = col[4:]
+        if key in _NOT_A_VARIANT:
+            continue
+        values = runs.loc[~tuned, col] if key in _TUNED_KEYS else runs[col]
+        # a key absent from older records (the config schema grew) is not a setting that varies
+        if values.dropna().astype(str).nunique() > 1:
+            keys.append(key)
+
+    def label(row: pd.Series) -> str:
+        parts = []
+        for key in keys:
+            value = "tuned" if row["tuning_trial"] and key in _TUNED_KEYS else row[f"cfg.{key}"]
+            if not (isinstance(value, float) and np.isnan(value)):
+                parts.append(f"{key}={value}")
+        return ", ".join(parts)
+
+    return runs.apply(label, axis=1) if keys else pd.Series("", index=runs.index)
+
+
+def lag_columns(runs: pd.DataFrame) -> list[str]:
+    cols = [c for c in runs.columns if c.startswith("acc_lag_")]
+    return sorted(cols, key=lambda c: int(c.removeprefix("acc_lag_")))
+
+
+def _recall_measures(runs: pd.DataFrame) -> None:
+    """`span` and `memory_capacity` from the final held-out accuracy per lag, where the record has none.
+
+    Same definitions as issue 3's measures (span: the longest lag that, with every shorter lag of the task, is
+    above chance by `measure.chance_margin`); the column `span_source` says which one a row carries.
+    """
+    lags = lag_columns(runs)
+    for col in ("span", "memory_capacity"):
+        if col not in runs:
+            runs[col] = np.nan
+        runs[col] = pd.to_numeric(runs[col], errors="coerce")
+    runs["span_source"] = np.where(runs["span"].notna(), "measures", None)
+    if not lags:
+        return
+    margin = pd.to_numeric(runs.get("cfg.measure.chance_margin"), errors="coerce").fillna(0.1)
+    chance = pd.to_numeric(runs.get("chance_accuracy"), errors="coerce")
+    for i in runs.index:
+        if pd.notna(runs.at[i, "span"]) or pd.isna(chance.at[i]):
+            continue
+        accs = [(int(c.removeprefix("acc_lag_")), runs.at[i, c]) for c in lags if pd.notna(runs.at[i, c])]
+        if not accs:
+            continue
+        span = 0
+        for lag, acc in accs:  # sorted by lag
+            if acc < chance.at[i] + margin.at[i]:
+                break
+            span = lag
+        runs.at[i, "span"] = span
+        runs.at[i, "span_source"] = "final accuracy per lag (analysis)"
+        if pd.isna(runs.at[i, "memory_capacity"]) and chance.at[i] < 1:
+            runs.at[i, "memory_capacity"] = sum(
+                max(0.0, (a - chance.at[i]) / (1 - chance.at[i])) for _, a in accs
+            )
+
+
+# ------------------------------------------------------------------------------------------------- series
+def load_series(runs: pd.DataFrame, name: str, columns: list[str] | None = None) -> pd.DataFrame:
+    """steps / evals / profiles of the given runs, concatenated, with run_id and the factors to plot by."""
+    assert name in SERIES, name
+    frames = []
+    keep = ["run_id", "split", "task", "cell", "batch_size", "num_steps", "seed", "status"]
+    for row in runs[runs[f"has_{name}"]].itertuples(index=False):
+        file = Path(row.folder) / f"{name}.parquet"
+        try:
+            df = pd.read_parquet(file, columns=_present(file, columns))
+        except Exception as exc:  # read_metadata passed, the body did not: say so, go on without it
+            log.warning("skipped %s of %s: %s", file.name, row.run_id, exc)
+            continue
+        if df.empty:
+            continue
+        for col in keep:
+            df[col] = getattr(row, col)
+        frames.append(df)
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def _present(file: Path, columns: list[str] | None) -> list[str] | None:
+    if columns is None:
+        return None
+    names = set(pq.read_schema(file).names)
+    return [c for c in columns if c in names]
+
+
+# --------------------------------------------------------------------------------------------- grid points
+def _missing_points(root: Path, loaded: set[str]) -> tuple[pd.DataFrame, int]:
+    """Planned grid points without a usable record, from each sweep's summary (or, failing that, its grid)."""
+    rows = []
+    planned = 0
+    sweep_dirs = {p.parent for p in _walk(root, "sweep_summary.json")} | {
+        p.parent for p in _walk(root, "multirun.yaml")
+    }
+    for sweep_dir in sorted(sweep_dirs):
+        points = _planned_points(sweep_dir)
+        if points is None:
+            continue
+        planned += len(points)
+        for name, status in points:
+            folder = sweep_dir / name
+            if str(folder) not in loaded:
+                rows.append({"sweep": _rel(sweep_dir, root), "folder": name, "status": status})
+    return pd.DataFrame(rows, columns=["sweep", "folder", "status"]), planned
+
+
+def _planned_points(sweep_dir: Path) -> list[tuple[str, str]] | None:
+    summary = sweep_dir / "sweep_summary.json"
+    if summary.exists():
+        try:
+            jobs = json.loads(summary.read_text())["jobs"]
+            return [(Path(d).name, str(v.get("status", "?"))) for d, v in jobs.items()]
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            log.warning("cannot read %s: %s; trying multirun.yaml", summary, exc)
+    grid = sweep_dir / "multirun.yaml"
+    if grid.exists():
+        try:
+            return [(name, "no record") for name in _grid_folders(yaml.safe_load(grid.read_text()))]
+        except (OSError, yaml.YAMLError, KeyError, TypeError, ValueError) as exc:
+            log.warning("cannot expand the grid of %s: %s", grid, exc)
+    return None
+
+
+def _grid_folders(conf: dict[str, Any]) -> list[str]:
+    """The job folder names Hydra gives the grid in multirun.yaml (its override_dirname, sorted k=v lines)."""
+    hydra = conf["hydra"]
+    params: dict[str, str] = {
+        str(k): str(v) for k, v in (hydra.get("sweeper", {}).get("params") or {}).items()
+    }
+    for line in hydra.get("overrides", {}).get("task") or []:
+        key, _, value = str(line).partition("=")
+        params[key] = value
+    exclude = set(
+        hydra.get("job", {}).get("config", {}).get("override_dirname", {}).get("exclude_keys") or []
+    )
+    axes = []
+    for key, value in params.items():
+        if any(ch in value for ch in "[](){}"):  # range(), choice(), lists: not expanded here
+            raise ValueError(f"cannot expand sweep value {key}={value}")
+        axes.append([f"{key}={v.strip()}" for v in value.split(",")])
+    names = []
+    for combo in itertools.product(*axes):
+        lines = sorted(line for line in combo if line.partition("=")[0] not in exclude)
+        names.append(",".join(lines) or "base")
+    return names
