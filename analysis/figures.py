@@ -151,9 +151,7 @@ def throughput_heatmap(data: Data) -> Figure:
     means = df.groupby(["split", "cell", "num_steps", "batch_size"], observed=True)["tokens_per_s"].mean()
     splits, cells = sorted(df["split"].unique()), _cells(df)
     norm = LogNorm(vmin=means.min(), vmax=means.max()) if means.min() > 0 else None
-    fig, axes = plt.subplots(
-        len(splits), len(cells), figsize=(4.2 * len(cells) + 1, 3.4 * len(splits)), squeeze=False
-    )
+    fig, axes = plt.subplots(len(splits), len(cells), figsize=(4.2 * len(cells) + 1, 3.4 * len(splits)), squeeze=False)
     for i, split in enumerate(splits):
         for j, cell in enumerate(cells):
             ax = axes[i][j]
@@ -247,9 +245,7 @@ def recall_curves(data: Data) -> Figure:
     )
     prof = data.profiles
     if not prof.empty and (prof["measure"] == "recall").any():
-        long = _last_profile(prof[prof["measure"] == "recall"]).rename(
-            columns={"k": "lag", "value": "accuracy"}
-        )
+        long = _last_profile(prof[prof["measure"] == "recall"]).rename(columns={"k": "lag", "value": "accuracy"})
     else:
         lags = lag_columns(data.runs)
         if len(lags) < 2:
@@ -359,18 +355,14 @@ def grad_norm_distributions(data: Data) -> Figure:
     df["num_steps"] = df["num_steps"].astype(int)
     df["batch_size"] = df["batch_size"].astype(int)
     with warnings.catch_warnings():
-        warnings.simplefilter(
-            "ignore", DeprecationWarning
-        )  # seaborn 0.13 passes matplotlib's deprecated `vert`
+        warnings.simplefilter("ignore", DeprecationWarning)  # seaborn 0.13 passes matplotlib's deprecated `vert`
         g = sns.catplot(
             data=df, x="num_steps", y="grad_norm", hue="batch_size", palette=_hue_palette(df["batch_size"]),
             kind="box", fliersize=1, linewidth=0.8, log_scale=True, height=3.3, aspect=1.2,
             **_grid_kwargs(df),
         )  # fmt: skip
     g.legend.set_title("batch size")
-    return Figure(
-        name, title, caption, _finish(g, title, "num_steps (BPTT length)", "gradient norm (pre-clip)")
-    )
+    return Figure(name, title, caption, _finish(g, title, "num_steps (BPTT length)", "gradient norm (pre-clip)"))
 
 
 def _smoothed_loss(steps: pd.DataFrame, points: int = 120) -> pd.DataFrame:
@@ -425,8 +417,7 @@ def loss_vs_time(data: Data) -> Figure:
         "loss_vs_time",
         "Training loss against wall-clock training time",
         "training seconds (evaluation excluded)",
-        "One line per run. Lines further left reach the same loss sooner: the practical payoff of C1's "
-        "speed.",
+        "One line per run. Lines further left reach the same loss sooner: the practical payoff of C1's speed.",
     )
 
 

@@ -254,9 +254,7 @@ def _task_label(task: dict[str, Any]) -> str:
         lags = task.get("lags") or []
         return f"lags ({min(lags)}-{max(lags)})" if lags else "lags"
     if name == "text":
-        source = (
-            (Path(task["path"]).parent.name or Path(task["path"]).name) if task.get("path") else "built-in"
-        )
+        source = (Path(task["path"]).parent.name or Path(task["path"]).name) if task.get("path") else "built-in"
         return f"text ({task.get('level', 'word')}, {source})"
     return str(name)
 
@@ -302,9 +300,7 @@ def _best_trials(root: Path) -> set[str]:
     for path in _walk(root, "best_trials.json"):
         try:
             cells = json.loads(path.read_text())["cells"]
-            best |= {
-                str(path.parent / c["best"]["folder"]) for c in cells if (c.get("best") or {}).get("folder")
-            }
+            best |= {str(path.parent / c["best"]["folder"]) for c in cells if (c.get("best") or {}).get("folder")}
         except (OSError, ValueError, KeyError, TypeError) as exc:
             log.warning("cannot read %s: %s", path, exc)
     return best
@@ -387,9 +383,7 @@ def _recall_measures(runs: pd.DataFrame) -> None:
         runs.at[i, "span"] = span
         runs.at[i, "span_source"] = "final accuracy per lag (analysis)"
         if pd.isna(runs.at[i, "memory_capacity"]) and chance.at[i] < 1:
-            runs.at[i, "memory_capacity"] = sum(
-                max(0.0, (a - chance.at[i]) / (1 - chance.at[i])) for _, a in accs
-            )
+            runs.at[i, "memory_capacity"] = sum(max(0.0, (a - chance.at[i]) / (1 - chance.at[i])) for _, a in accs)
 
 
 # ------------------------------------------------------------------------------------------------- series
@@ -460,15 +454,11 @@ def _planned_points(sweep_dir: Path) -> list[tuple[str, str]] | None:
 def _grid_folders(conf: dict[str, Any]) -> list[str]:
     """The job folder names Hydra gives the grid in multirun.yaml (its override_dirname, sorted k=v lines)."""
     hydra = conf["hydra"]
-    params: dict[str, str] = {
-        str(k): str(v) for k, v in (hydra.get("sweeper", {}).get("params") or {}).items()
-    }
+    params: dict[str, str] = {str(k): str(v) for k, v in (hydra.get("sweeper", {}).get("params") or {}).items()}
     for line in hydra.get("overrides", {}).get("task") or []:
         key, _, value = str(line).partition("=")
         params[key] = value
-    exclude = set(
-        hydra.get("job", {}).get("config", {}).get("override_dirname", {}).get("exclude_keys") or []
-    )
+    exclude = set(hydra.get("job", {}).get("config", {}).get("override_dirname", {}).get("exclude_keys") or [])
     axes = []
     for key, value in params.items():
         if any(ch in value for ch in "[](){}"):  # range(), choice(), lists: not expanded here

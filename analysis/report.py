@@ -121,9 +121,7 @@ def _blocks(results: Results, verdicts: list[Verdict], figures: list[figs.Figure
             effects: pd.DataFrame, th: dict[str, Any], th_path: Any, bench_cv: float,
             bench_source: str) -> list[Block]:  # fmt: skip
     runs = results.runs
-    b: list[Block] = [
-        Block("h1", f"What batch_size and num_steps do to a recurrent network — {results.root.name}")
-    ]
+    b: list[Block] = [Block("h1", f"What batch_size and num_steps do to a recurrent network — {results.root.name}")]
     b.append(Block("p", (
         f"{len(runs)} run records from `{results.root}`. Each claim of the seed thread is judged within "
         "every setting (task · budget · learning-rate protocol); where settings disagree the verdict is "
@@ -137,12 +135,9 @@ def _blocks(results: Results, verdicts: list[Verdict], figures: list[figs.Figure
     b.append(Block("table", table=vt[["Claim", "Metric", "Comparison"]]))
     b.append(Block("h2", "Protocol"))
     b.append(Block("table", table=tables.protocol(runs)))
-    b.append(
-        Block("table", table=tables.run_counts(runs, results.skipped, results.missing, results.grid_points))
-    )
+    b.append(Block("table", table=tables.run_counts(runs, results.skipped, results.missing, results.grid_points)))
     noise = (
-        f"Speed verdicts widen their intervals by the bench's timing spread (CV {bench_cv:.1%}, "
-        f"{bench_source})."
+        f"Speed verdicts widen their intervals by the bench's timing spread (CV {bench_cv:.1%}, {bench_source})."
         if bench_source
         else f"No {STABILITY_FILE} found: speed verdicts rely on the spread of tokens/s across seeds alone."
     )
@@ -273,9 +268,7 @@ def html_table(df: pd.DataFrame) -> str:
         for col, value in zip(df.columns, row, strict=True):
             text = "" if value is None or (isinstance(value, float) and pd.isna(value)) else str(value)
             if str(col).lower() == "verdict":
-                cells.append(
-                    f'<td><span class="verdict v-{html.escape(text)}">{html.escape(text)}</span></td>'
-                )
+                cells.append(f'<td><span class="verdict v-{html.escape(text)}">{html.escape(text)}</span></td>')
             else:
                 cells.append(f"<td>{html.escape(text).replace(chr(10), '<br>')}</td>")
         rows.append("<tr>" + "".join(cells) + "</tr>")

@@ -79,9 +79,7 @@ def partial_eta2(df: pd.DataFrame, outcome: str, factors: tuple[str, ...] = FACT
     data[outcome] = pd.to_numeric(data[outcome], errors="coerce")
     data = data[np.isfinite(data[outcome])].dropna()
     for f in factors:
-        data[f] = data[f].astype(
-            str
-        )  # levels, not magnitudes; also keeps pandas' nullable dtypes out of patsy
+        data[f] = data[f].astype(str)  # levels, not magnitudes; also keeps pandas' nullable dtypes out of patsy
     used = [f for f in factors if data[f].nunique() > 1]
     if not used or len(data) <= 1 + sum(data[f].nunique() - 1 for f in used):
         return out  # no residual degrees of freedom: no error term to compare against
@@ -152,7 +150,5 @@ def cell_means(df: pd.DataFrame, outcomes: list[str], by: list[str], th: dict[st
                 continue
             mean, low, high, n = mean_ci(g[outcome], th)
             if n:
-                rows.append(
-                    {**ident, "outcome": outcome, "mean": mean, "ci_low": low, "ci_high": high, "n": n}
-                )
+                rows.append({**ident, "outcome": outcome, "mean": mean, "ci_low": low, "ci_high": high, "n": n})
     return pd.DataFrame(rows, columns=[*by, "outcome", "mean", "ci_low", "ci_high", "n"])

@@ -170,9 +170,7 @@ def write_results(
     return folders
 
 
-def write_record(
-    folder: Path, row: dict[str, Any], updates: int = 40, profiles: bool = True, rng: int = 0
-) -> None:
+def write_record(folder: Path, row: dict[str, Any], updates: int = 40, profiles: bool = True, rng: int = 0) -> None:
     """run.json, steps.parquet, evals.parquet (and profiles.parquet) in the layout sweep/run.py writes."""
     folder.mkdir(parents=True, exist_ok=True)
     gen = np.random.default_rng(rng)

@@ -86,9 +86,7 @@ def _fmt_for(x: float) -> str:
     return ".0f" if a >= 100 else ".2f" if a >= 1 else ".3f"
 
 
-def run_counts(
-    runs: pd.DataFrame, skipped: pd.DataFrame, missing: pd.DataFrame, planned: int
-) -> pd.DataFrame:
+def run_counts(runs: pd.DataFrame, skipped: pd.DataFrame, missing: pd.DataFrame, planned: int) -> pd.DataFrame:
     counts = runs["status"].value_counts()
     left_out = int((~runs["in_verdicts"] & runs["status"].isin(["complete", "diverged"])).sum())
     rows = [
@@ -206,12 +204,6 @@ def problem_runs(runs: pd.DataFrame) -> pd.DataFrame:
         if r["status"] == "failed":
             return str(r.get("error") or "no error message recorded")
         at = r.get("diverged_at_step")
-        return (
-            f"loss or gradient non-finite at update {int(at)}"
-            if pd.notna(at)
-            else "loss or gradient non-finite"
-        )
+        return f"loss or gradient non-finite at update {int(at)}" if pd.notna(at) else "loss or gradient non-finite"
 
-    return pd.DataFrame(
-        {"run": bad["run_id"], "status": bad["status"], "what happened": bad.apply(what, axis=1)}
-    )
+    return pd.DataFrame({"run": bad["run_id"], "status": bad["status"], "what happened": bad.apply(what, axis=1)})

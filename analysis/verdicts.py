@@ -135,9 +135,7 @@ def _evidence(df: pd.DataFrame, factor: str, th: dict[str, Any], statuses=("comp
         return "no complete runs"
     seeds = d.groupby(["cell", "batch_size", "num_steps"], observed=True)["seed"].nunique().median()
     if seeds < th["min_seeds"]:
-        return (
-            f"only {seeds:g} seed(s) per grid point (need {th['min_seeds']} to separate effects from noise)"
-        )
+        return f"only {seeds:g} seed(s) per grid point (need {th['min_seeds']} to separate effects from noise)"
     levels = d[factor].nunique()
     if levels < th["min_levels"]:
         return f"only {levels} value(s) of {factor} (need {th['min_levels']})"
@@ -198,12 +196,7 @@ def judge_c1(df: pd.DataFrame, th: dict[str, Any], bench_cv: float = 0.0) -> Spl
     med_rho = float(details["rho"].fillna(0).median())
     eta = partial_eta2(d, "log_tokens_per_s")["batch_size"]
     frac = float(details["faster"].mean())
-    ok = (
-        med_rho >= c["min_rho"]
-        and np.isfinite(eta)
-        and eta >= c["min_eta2"]
-        and frac >= c["min_fraction_faster"]
-    )
+    ok = med_rho >= c["min_rho"] and np.isfinite(eta) and eta >= c["min_eta2"] and frac >= c["min_fraction_faster"]
     lo, hi = int(details["bs_small"].min()), int(details["bs_large"].max())
     noise = float(np.nanmedian(details["seed_cv"])) if details["seed_cv"].notna().any() else np.nan
     noise_txt = f"timing noise across seeds {_f(100 * noise, '.1f')} %" + (
@@ -295,10 +288,7 @@ def judge_c2(df: pd.DataFrame, th: dict[str, Any]) -> SplitResult:
         return _inconclusive("no outcome was measured at two batch sizes")
     states = set(details["state"])
     verdict = REFUTED if "differs" in states else SUPPORTED if states == {"same"} else INCONCLUSIVE
-    parts = [
-        f"{r.outcome} {_show_gap(r.gap, r.gap_kind)} (η² {_f(r.eta2_batch_size)})"
-        for r in details.itertuples()
-    ]
+    parts = [f"{r.outcome} {_show_gap(r.gap, r.gap_kind)} (η² {_f(r.eta2_batch_size)})" for r in details.itertuples()]
     stat = "median gap between batch sizes: " + "; ".join(parts)
     differ = details[details["state"] == "differs"]
     unclear = details[details["state"] == "unclear"]
@@ -313,9 +303,7 @@ def judge_c2(df: pd.DataFrame, th: dict[str, Any]) -> SplitResult:
         sentence = "Batch sizes ended close on every outcome: " + "; ".join(parts) + ", all within tolerance."
     else:
         what = ", ".join(f"{r.outcome} ({_show_gap(r.gap, r.gap_kind)})" for r in unclear.itertuples())
-        sentence = (
-            f"Inconclusive: gaps above tolerance in {what}, but no larger than the spread between seeds."
-        )
+        sentence = f"Inconclusive: gaps above tolerance in {what}, but no larger than the spread between seeds."
     return SplitResult(verdict, stat, sentence, details)
 
 
@@ -395,9 +383,7 @@ def judge_c4(df: pd.DataFrame, th: dict[str, Any]) -> SplitResult:
         mean_lo = float(d.loc[d["num_steps"] == ns_lo, outcome].mean())
         mean_hi = float(d.loc[d["num_steps"] == ns_hi, outcome].mean())
         gs = group_spearman(d, "num_steps", outcome, ["cell", "batch_size"])
-        rho = (
-            float(gs["rho"].fillna(0).median()) if not gs.empty else np.nan
-        )  # constant within a group: no trend
+        rho = float(gs["rho"].fillna(0).median()) if not gs.empty else np.nan  # constant within a group: no trend
         eta = partial_eta2(d, outcome)
         e_ns, e_bs = eta["num_steps"], eta["batch_size"]
         if (d[outcome] == 0).all():
@@ -430,9 +416,7 @@ def judge_c4(df: pd.DataFrame, th: dict[str, Any]) -> SplitResult:
         )
     details = pd.DataFrame(rows)
     if details.empty:
-        return _inconclusive(
-            "no learned-length measure (span, effective context, gradient horizon) was recorded"
-        )
+        return _inconclusive("no learned-length measure (span, effective context, gradient horizon) was recorded")
     verdict = combine(list(details["state"]))
     parts = [
         f"{r.outcome} ρ {_f(r.rho)}, η² ns {_f(r.eta2_num_steps)} vs bs {_f(r.eta2_batch_size)}"
@@ -441,9 +425,7 @@ def judge_c4(df: pd.DataFrame, th: dict[str, Any]) -> SplitResult:
     stat = "; ".join(parts)
     said = []
     for r in details.itertuples():
-        verb = {SUPPORTED: "grew with", REFUTED: "did not follow", INCONCLUSIVE: "stayed at 0 for every"}[
-            r.state
-        ]
+        verb = {SUPPORTED: "grew with", REFUTED: "did not follow", INCONCLUSIVE: "stayed at 0 for every"}[r.state]
         said.append(
             f"{r.outcome} {verb} num_steps ({_f(r.mean_low, '.1f')} at {r.num_steps_low:g} → "
             f"{_f(r.mean_high, '.1f')} at {r.num_steps_high:g}; median ρ = {_f(r.rho)}, partial η² "
@@ -471,9 +453,7 @@ def judge_c5(df: pd.DataFrame, th: dict[str, Any]) -> SplitResult:
     d = df[df["status"].isin(FINISHED)].copy()
     d["log_grad_norm_max"] = pd.to_numeric(d.get("log_grad_norm_max"), errors="coerce")
     d = d[d["log_grad_norm_max"].notna()]
-    explodes = (
-        d["gradient_explodes"].map(lambda v: v is True or v == 1) if "gradient_explodes" in d else False
-    )
+    explodes = d["gradient_explodes"].map(lambda v: v is True or v == 1) if "gradient_explodes" in d else False
     d["exploded"] = (d["status"] == "diverged") | explodes
     rows = []
     for cell, g in d.groupby("cell", observed=True):
@@ -492,8 +472,7 @@ def judge_c5(df: pd.DataFrame, th: dict[str, Any]) -> SplitResult:
         # windows do it more often than the shortest ones.
         blows_up = (
             n_exploded > 0
-            and g.loc[g["num_steps"] == ns_hi, "exploded"].mean()
-            > g.loc[g["num_steps"] == ns_lo, "exploded"].mean()
+            and g.loc[g["num_steps"] == ns_hi, "exploded"].mean() > g.loc[g["num_steps"] == ns_lo, "exploded"].mean()
         )
         shows = bool(grows or blows_up)
         rows.append(
@@ -597,9 +576,7 @@ def judge(runs: pd.DataFrame, th: dict[str, Any], bench_cv: float | None = None)
     return out
 
 
-def _overall(
-    claim: Claim, results: dict[str, SplitResult], table: pd.DataFrame, details: pd.DataFrame
-) -> Verdict:
+def _overall(claim: Claim, results: dict[str, SplitResult], table: pd.DataFrame, details: pd.DataFrame) -> Verdict:
     if not results:
         return Verdict(claim, INCONCLUSIVE, "—", "Inconclusive: no finished run to judge.", table, details)
     verdict = combine([r.verdict for r in results.values()])
@@ -619,9 +596,7 @@ def _overall(
         return Verdict(claim, verdict, statistic, sentence, table, details)
     where = "; ".join(f"{v} in {', '.join(s)}" for v, s in by_verdict.items())
     examples = " ".join(
-        f"In {splits[0]}: {results[splits[0]].sentence}"
-        for v, splits in by_verdict.items()
-        if v != INCONCLUSIVE
+        f"In {splits[0]}: {results[splits[0]].sentence}" for v, splits in by_verdict.items() if v != INCONCLUSIVE
     )
     return Verdict(claim, verdict, statistic, f"Mixed — {where}. {examples}", table, details)
 
@@ -647,6 +622,4 @@ def split_table(verdicts: list[Verdict]) -> pd.DataFrame:
     frames = [v.splits.assign(claim=v.claim.id) for v in verdicts if not v.splits.empty]
     if not frames:
         return pd.DataFrame(columns=["claim", "split", "verdict", "statistic", "sentence", "runs"])
-    return pd.concat(frames, ignore_index=True)[
-        ["claim", "split", "verdict", "statistic", "sentence", "runs"]
-    ]
+    return pd.concat(frames, ignore_index=True)[["claim", "split", "verdict", "statistic", "sentence", "runs"]]

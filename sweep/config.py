@@ -166,7 +166,12 @@ def validate(cfg: DictConfig) -> None:
     _need(amount > 0 and math.isfinite(amount), "budget.amount", "must be a positive number", amount)
     _positive_int(cfg, "eval.points")
     _positive_int(cfg, "eval.rows")
-    _need(cfg.eval.max_tokens >= 0, "eval.max_tokens", "must be >= 0 (0 = all held-out tokens)", cfg.eval.max_tokens)
+    _need(
+        cfg.eval.max_tokens >= 0,
+        "eval.max_tokens",
+        "must be >= 0 (0 = all held-out tokens)",
+        cfg.eval.max_tokens,
+    )
     task = cfg.task
     if task.name in ("echo", "lags"):
         _need(task.vocab_size >= 2, "task.vocab_size", "must be an integer >= 2", task.vocab_size)

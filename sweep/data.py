@@ -21,9 +21,7 @@ def num_windows(inputs: torch.Tensor, num_steps: int) -> int:
     return inputs.shape[-1] // num_steps
 
 
-def get_batch(
-    inputs: torch.Tensor, targets: torch.Tensor, i: int, num_steps: int
-) -> tuple[torch.Tensor, torch.Tensor]:
+def get_batch(inputs: torch.Tensor, targets: torch.Tensor, i: int, num_steps: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Window i: columns [i*num_steps, (i+1)*num_steps) of the inputs [B, L] and targets [H, B, L]."""
     cols = slice(i * num_steps, (i + 1) * num_steps)
     return inputs[:, cols], targets[:, :, cols]

@@ -320,9 +320,7 @@ def recall_profile(
 
 
 @torch.no_grad()
-def context_losses(
-    model: RecurrentModel, inputs: torch.Tensor, targets: torch.Tensor, plan: _Plan
-) -> np.ndarray:
+def context_losses(model: RecurrentModel, inputs: torch.Tensor, targets: torch.Tensor, plan: _Plan) -> np.ndarray:
     """Loss per target token [len(contexts), P] seeing only the last d tokens (zero state before them)."""
     b, t = plan.ctx_b, plan.ctx_t
     y = targets[:, b, t].T
@@ -351,9 +349,7 @@ def context_profile(
     level = m.ci_level
     mean, low, high = _mean_ci(losses.T, level)
     full, full_low, full_high = _mean_ci(full_loss[:, None], level)
-    d, censored = effective_context(
-        contexts, mean, float(full[0]), m.context_tolerance, m.context_abs_tolerance
-    )
+    d, censored = effective_context(contexts, mean, float(full[0]), m.context_tolerance, m.context_abs_tolerance)
     n = losses.shape[1]
     frame = _frame(
         "context",

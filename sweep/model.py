@@ -50,7 +50,11 @@ class RecurrentModel(nn.Module):
 
     def param_groups(self) -> dict[str, list[nn.Parameter]]:
         """Parameters by role, for per-group gradient norms: input, recurrent, output weights (biases apart)."""
-        groups: dict[str, list[nn.Parameter]] = {"input": [self.embedding.weight], "recurrent": [], "output": []}
+        groups: dict[str, list[nn.Parameter]] = {
+            "input": [self.embedding.weight],
+            "recurrent": [],
+            "output": [],
+        }
         for name, p in self.rnn.named_parameters():
             if name.startswith("weight_ih"):
                 groups["input"].append(p)

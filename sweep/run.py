@@ -32,7 +32,11 @@ def _measure_fn(cfg: DictConfig):
 
 
 def run_job(
-    cfg: DictConfig, out_dir: Path, parallel_jobs: int = 1, launcher: str | None = None, extra: dict | None = None
+    cfg: DictConfig,
+    out_dir: Path,
+    parallel_jobs: int = 1,
+    launcher: str | None = None,
+    extra: dict | None = None,
 ) -> dict[str, Any]:
     """Run one grid point into `out_dir` and return its record. Bad config raises ConfigError, writing nothing."""
     out_dir = Path(out_dir)

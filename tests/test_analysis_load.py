@@ -89,9 +89,7 @@ def test_runs_table_is_flat_with_the_derived_columns(tmp_path):
 
 
 def test_a_lag_without_held_out_targets_has_no_accuracy(tmp_path):
-    (folder,) = write_results(
-        tmp_path, runs_table(cells=("rnn",), batch_sizes=(2,), num_steps=(8,), seeds=(0,))
-    )
+    (folder,) = write_results(tmp_path, runs_table(cells=("rnn",), batch_sizes=(2,), num_steps=(8,), seeds=(0,)))
     rec = json.loads((folder / "run.json").read_text())
     rec["summary"]["lag_count"]["8"] = 0.0  # the held-out rows were shorter than the lag
     (folder / "run.json").write_text(json.dumps(rec))

@@ -112,9 +112,7 @@ def test_cli_passes_its_arguments_and_fails_in_one_line_on_an_empty_folder(tmp_p
     assert err.startswith("error: no run records") and "\n" not in err
 
 
-CHROMIUM = next(
-    (shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome") if shutil.which(n)), None
-)
+CHROMIUM = next((shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome") if shutil.which(n)), None)
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="no chromium here (apt-get install -y chromium)")

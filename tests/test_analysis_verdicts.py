@@ -37,9 +37,7 @@ def test_every_claim_supported_when_the_data_make_it_true(th):
 
 
 def test_batch_size_that_sets_the_span_refutes_c4_and_c2(th):
-    table = runs_table(
-        span=lambda cell, bs, ns, seed: 2.0 * bs, effective_context=None, gradient_horizon=None
-    )
+    table = runs_table(span=lambda cell, bs, ns, seed: 2.0 * bs, effective_context=None, gradient_horizon=None)
     out = verdicts_of(table, th)
     assert out["C4"] == REFUTED
     assert out["C2"] == REFUTED

@@ -128,12 +128,8 @@ def test_the_tune_preset_composes_with_every_launcher(launcher):
     from tests.conftest import CONF
 
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose(
-            "config", overrides=["experiment=tune", f"hydra/launcher={launcher}"], return_hydra_config=True
-        )
-    assert cfg.hydra.launcher._target_.endswith(
-        ("JoblibLauncher", "LocalLauncher", "SlurmLauncher", "RayLauncher")
-    )
+        cfg = compose("config", overrides=["experiment=tune", f"hydra/launcher={launcher}"], return_hydra_config=True)
+    assert cfg.hydra.launcher._target_.endswith(("JoblibLauncher", "LocalLauncher", "SlurmLauncher", "RayLauncher"))
     assert cfg.hydra.sweeper.search and cfg.hydra.sweeper.n_trials == 3
 
 

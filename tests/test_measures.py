@@ -68,9 +68,7 @@ def text_task(vocab: int = 10, valid_tokens: int = 4096, seed: int = 0) -> TaskD
 def delay_line(vocab: int, head_lags: list[int], served: set[int], slots: int) -> RecurrentModel:
     """A tanh RNN whose hidden state is `slots` one-hot blocks, block j holding x_{t-j}; the head for lag L
     reads block L when L is in `served`, else nothing (it then predicts a constant: chance accuracy)."""
-    model = RecurrentModel(
-        "rnn", vocab, vocab, len(head_lags), embedding_size=vocab, hidden_size=slots * vocab
-    )
+    model = RecurrentModel("rnn", vocab, vocab, len(head_lags), embedding_size=vocab, hidden_size=slots * vocab)
     eye = torch.eye(vocab)
     with torch.no_grad():
         for p in model.parameters():
@@ -81,9 +79,7 @@ def delay_line(vocab: int, head_lags: list[int], served: set[int], slots: int) -
             model.rnn.weight_hh_l0[j * vocab : (j + 1) * vocab, (j - 1) * vocab : j * vocab] = eye
         for h, lag in enumerate(head_lags):
             if lag in served:
-                model.decoder.weight[h * vocab : (h + 1) * vocab, lag * vocab : (lag + 1) * vocab] = (
-                    READ_GAIN * eye
-                )
+                model.decoder.weight[h * vocab : (h + 1) * vocab, lag * vocab : (lag + 1) * vocab] = READ_GAIN * eye
     return model
 
 
@@ -143,9 +139,7 @@ def test_span_needs_every_shorter_lag():
     lags, served = [1, 2, 3, 4, 6], {1, 2, 4, 6}
     model = delay_line(4, lags, served, slots=7)
     data = symbol_task(lags)
-    summary, frame = measure_all(
-        model, data, measure_cfg(contexts=list(range(1, 11)), horizon_max_k=12), "cpu"
-    )
+    summary, frame = measure_all(model, data, measure_cfg(contexts=list(range(1, 11)), horizon_max_k=12), "cpu")
 
     recall = rows_of(frame, "recall")
     assert (recall.loc[sorted(served), "value"] > 0.99).all()
@@ -268,9 +262,7 @@ def test_short_held_out_rows_shrink_the_measures():
     model = zero_recurrence_rnn(10)
     summary, frame = measure_all(model, text_task(10, valid_tokens=8 * 40), measure_cfg(), "cpu")
     assert rows_of(frame, "context").index.max() == 32
-    assert (
-        rows_of(frame, "gradient").index.max() == 38
-    )  # 39 inputs per row (text: the last token is a target)
+    assert rows_of(frame, "gradient").index.max() == 38  # 39 inputs per row (text: the last token is a target)
     assert summary["effective_context"] == 1
 
 

@@ -39,7 +39,10 @@ def test_echo_targets_are_the_input_lag_steps_back_in_the_same_row():
     assert inputs.tolist() == [[3, 1, 0, 2], [2, 1, 0, 3]]
     assert targets.tolist() == [
         [[IGNORE, 3, 1, 0], [IGNORE, 2, 1, 0]],  # lag 1
-        [[IGNORE, IGNORE, 3, 1], [IGNORE, IGNORE, 2, 1]],  # lag 2: no target where the source is in another row
+        [
+            [IGNORE, IGNORE, 3, 1],
+            [IGNORE, IGNORE, 2, 1],
+        ],  # lag 2: no target where the source is in another row
     ]
 
 

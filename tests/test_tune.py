@@ -24,10 +24,13 @@ from omegaconf import OmegaConf
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState
 
+# Module objects, not classes: Hydra's plugin scan (run by any compose in the same process) re-executes
+# plugin modules and hydra's own BasicSweeper in place, so a class imported before it no longer matches
+# `super(BasicSweeper, self)`. Looking classes up at call time always gets the current ones.
+from hydra_plugins.rnn_sweep_optuna import optuna_sweeper as osw
 from hydra_plugins.rnn_sweep_optuna import search_space as ss
 from hydra_plugins.rnn_sweep_optuna import studies as st
-from hydra_plugins.rnn_sweep_optuna.optuna_sweeper import Cell, OptunaGridSweeper, TrialJob
-from hydra_plugins.rnn_sweep_sweeper.grid_sweeper import PlannedJob
+from hydra_plugins.rnn_sweep_sweeper import grid_sweeper as gsw
 from sweep.config import ConfigError
 from tests.conftest import REPO, TINY
 
@@ -124,11 +127,11 @@ def test_a_running_trial_is_stale_when_its_sweep_process_is_gone(tmp_path):
     assert not stale(unclaimed) and stale(unclaimed, at=now + 1000)  # asked, never handed out: after a while
 
 
-def _sweeper(tmp_path: Path, n_trials: int) -> tuple[OptunaGridSweeper, Cell]:
-    sweeper = OptunaGridSweeper(search={"optim.lr": LR}, n_trials=n_trials)
+def _sweeper(tmp_path: Path, n_trials: int) -> tuple[osw.OptunaGridSweeper, osw.Cell]:
+    sweeper = osw.OptunaGridSweeper(search={"optim.lr": LR}, n_trials=n_trials)
     sweeper.config = OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}}})
     study = optuna.create_study(study_name="cell", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
-    return sweeper, Cell(job=PlannedJob([], tmp_path / "cell", "sig"), study=study, name="cell")
+    return sweeper, osw.Cell(job=gsw.PlannedJob([], tmp_path / "cell", "sig"), study=study, name="cell")
 
 
 def test_stale_trials_are_settled_from_their_records_so_no_finished_run_is_lost(tmp_path):
@@ -149,9 +152,7 @@ def test_stale_trials_are_settled_from_their_records_so_no_finished_run_is_lost(
     sweeper._recover(cell, stale)
     trials = {t.number: t for t in study.get_trials(deepcopy=False)}
     assert trials[finished.number].state == TrialState.COMPLETE and trials[finished.number].value == 0.75
-    assert (
-        trials[unfinished.number].state == TrialState.FAIL and trials[unfinished.number].user_attrs["stale"]
-    )
+    assert trials[unfinished.number].state == TrialState.FAIL and trials[unfinished.number].user_attrs["stale"]
     assert trials[alive.number].state == TrialState.RUNNING
     counts = st.counts(list(trials.values()))
     assert counts["complete"] == 1 and counts["stale"] == 1 and counts["bad"] == 0  # stale: not a failed run
@@ -164,14 +165,14 @@ def test_a_trial_asked_when_n_trials_are_complete_or_running_is_surplus_and_neve
     study.tell(done.number, 1.0)
     _running_trial(study, st.me())  # the other process's last trial, running
     late = _running_trial(study, st.me())  # asked by this process at the same moment
-    job = TrialJob(cell, late.number, late._trial_id, {}, [], tmp_path / "x", "sig")
+    job = osw.TrialJob(cell, late.number, late._trial_id, {}, [], tmp_path / "x", "sig")
     assert sweeper._drop_surplus(cell, [job]) == []
     late_trial = study.get_trials(deepcopy=False)[late.number]
     assert late_trial.state == TrialState.FAIL and late_trial.user_attrs["surplus"]
     # with a slot free, a trial is kept
     sweeper.n_trials = 3
     again = _running_trial(study, st.me())
-    job = TrialJob(cell, again.number, again._trial_id, {}, [], tmp_path / "y", "sig")
+    job = osw.TrialJob(cell, again.number, again._trial_id, {}, [], tmp_path / "y", "sig")
     assert sweeper._drop_surplus(cell, [job]) == [job]
 
 
@@ -246,9 +247,7 @@ def _trial_records(*sweep_dirs: Path) -> dict[tuple[str, int], dict]:
     return recs
 
 
-def _check_studies(
-    trials_by_study: dict[str, list], recs: dict[tuple[str, int], dict], n_trials: int
-) -> None:
+def _check_studies(trials_by_study: dict[str, list], recs: dict[tuple[str, int], dict], n_trials: int) -> None:
     assert len(trials_by_study) == 2
     for name, trials in trials_by_study.items():
         complete = [t for t in trials if t.state == TrialState.COMPLETE]
@@ -260,9 +259,7 @@ def _check_studies(
             assert rec["folder"].name.endswith(f",trial={t.number}")
             assert rec["config"]["optim"]["lr"] == t.params["optim.lr"] == rec["summary"]["lr"]
     # and no finished run is left out of its study (a record that Optuna does not count as complete)
-    counted = {
-        (name, t.number) for name, ts in trials_by_study.items() for t in ts if t.state == TrialState.COMPLETE
-    }
+    counted = {(name, t.number) for name, ts in trials_by_study.items() for t in ts if t.state == TrialState.COMPLETE}
     assert {k for k, r in recs.items() if r["status"] == "complete"} == counted
 
 
@@ -305,9 +302,7 @@ def test_kill_9_while_tuning_then_rerun_ends_with_exactly_n_trials_per_cell(tmp_
         trials = after[cell["study"]]
         top = min((t for t in trials if t.state == TrialState.COMPLETE), key=lambda t: t.value)
         assert cell["complete"] and cell["best"]["trial"] == top.number and cell["best"]["value"] == top.value
-        assert (
-            cell["best"]["params"] == {"optim.lr": top.params["optim.lr"]} == {"optim.lr": cell["best"]["lr"]}
-        )
+        assert cell["best"]["params"] == {"optim.lr": top.params["optim.lr"]} == {"optim.lr": cell["best"]["lr"]}
         assert (sweep_dir / cell["best"]["folder"] / "run.json").exists()
         assert cell["cell"]["model"] in ("rnn", "lstm") and cell["cell"]["batch_size"] == "4"
 
@@ -321,9 +316,7 @@ def pg_url() -> str:
     url = os.environ.get("RNN_SWEEP_PG_URL")
     if not url:
         if not glob.glob("/usr/lib/postgresql/*/bin/initdb"):
-            pytest.skip(
-                "no PostgreSQL server: set RNN_SWEEP_PG_URL, or run .ci/postgres.sh (apt-installs one)"
-            )
+            pytest.skip("no PostgreSQL server: set RNN_SWEEP_PG_URL, or run .ci/postgres.sh (apt-installs one)")
         proc = subprocess.run(["bash", str(REPO / ".ci" / "postgres.sh")], capture_output=True, text=True,
                               timeout=180)  # fmt: skip
         if proc.returncode != 0:

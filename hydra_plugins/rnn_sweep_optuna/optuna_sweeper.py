@@ -189,9 +189,7 @@ class OptunaGridSweeper(BasicSweeper):
             "must be a positive integer",
             self.parallel_per_cell,
         )
-        need(
-            bool(self.objective), "objective", "must name a summary metric (e.g. valid_loss)", self.objective
-        )
+        need(bool(self.objective), "objective", "must name a summary metric (e.g. valid_loss)", self.objective)
         space = ss.parse_search_space(self.search)
         need(
             any(isinstance(d, BaseDistribution) for d in space.values()),
@@ -273,9 +271,7 @@ class OptunaGridSweeper(BasicSweeper):
         name = f"{prefix}:{cell.out_dir.name}:{digest}"
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            study = optuna.create_study(
-                study_name=name, storage=storage, direction=self.direction, load_if_exists=True
-            )
+            study = optuna.create_study(study_name=name, storage=storage, direction=self.direction, load_if_exists=True)
         study.sampler = self._make_sampler(digest, len(study.get_trials(deepcopy=False)))
         attrs = {
             "cell_overrides": list(cell.overrides),
@@ -331,9 +327,7 @@ class OptunaGridSweeper(BasicSweeper):
         keep = []
         for tj in sorted(asked, key=lambda t: t.number):
             ahead = sum(
-                1
-                for t in trials
-                if t.number < tj.number and t.state in (TrialState.COMPLETE, TrialState.RUNNING)
+                1 for t in trials if t.number < tj.number and t.state in (TrialState.COMPLETE, TrialState.RUNNING)
             )
             if ahead >= self.n_trials:
                 cell.study._storage.set_trial_user_attr(tj.trial_id, "surplus", True)
@@ -344,9 +338,7 @@ class OptunaGridSweeper(BasicSweeper):
                     None,
                     "surplus: n_trials already complete or running",
                 )
-                log.info(
-                    "%s: trial %d not needed (another process took the last slots)", cell.name, tj.number
-                )
+                log.info("%s: trial %d not needed (another process took the last slots)", cell.name, tj.number)
             else:
                 keep.append(tj)
         return keep
@@ -393,9 +385,7 @@ class OptunaGridSweeper(BasicSweeper):
         st.tell(tj.cell.study, tj.number, state, value, reason)
         tj.settled = True
         tj.state = (rec or {}).get("status", "missing") if state != TrialState.COMPLETE else "complete"
-        shown = ", ".join(
-            f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in tj.params.items()
-        )
+        shown = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in tj.params.items())
         log.info(
             "%s trial %d (%s): %s%s",
             tj.cell.job.out_dir.name,
@@ -415,9 +405,7 @@ class OptunaGridSweeper(BasicSweeper):
             try:
                 self.launcher.launch([tj.overrides for tj in chunk], initial_job_idx=self.job_idx)
             except Exception as exc:  # a launcher that lost a worker: the records say which runs are missing
-                log.error(
-                    "launcher error (%s: %s); settling the batch from its records", type(exc).__name__, exc
-                )
+                log.error("launcher error (%s: %s); settling the batch from its records", type(exc).__name__, exc)
             self.job_idx += len(chunk)
             for tj in chunk:
                 self._settle(tj)
@@ -565,9 +553,7 @@ class OptunaGridSweeper(BasicSweeper):
             "study": cell.name,
             "cell_folder": cell.job.out_dir.name,
             # the grid point: every override that names the runs' folders, as {key: value text}
-            "cell": {
-                k: v for k, v in (o.split("=", 1) for o in cell.job.overrides if "=" in o) if k not in hidden
-            },
+            "cell": {k: v for k, v in (o.split("=", 1) for o in cell.job.overrides if "=" in o) if k not in hidden},
             "overrides": list(cell.job.overrides),
             "counts": st.counts(trials),
             "complete": len(complete) >= self.n_trials,

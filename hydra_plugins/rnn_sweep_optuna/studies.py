@@ -174,10 +174,7 @@ def tell(study: optuna.Study, number: int, state: TrialState, value: float | Non
 
 
 def counts(trials: list[FrozenTrial]) -> dict[str, int]:
-    out = {
-        s.name.lower(): 0
-        for s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.RUNNING)
-    }
+    out = {s.name.lower(): 0 for s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.RUNNING)}
     for t in trials:
         key = t.state.name.lower()
         out[key] = out.get(key, 0) + 1

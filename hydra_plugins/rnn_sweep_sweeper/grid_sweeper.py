@@ -138,9 +138,7 @@ def summarize(jobs: list[PlannedJob]) -> dict[str, Any]:
 
 
 class GridSweeper(BasicSweeper):
-    def __init__(
-        self, max_batch_size: int | None = None, params: dict[str, str] | None = None, **tune: Any
-    ) -> None:
+    def __init__(self, max_batch_size: int | None = None, params: dict[str, str] | None = None, **tune: Any) -> None:
         super().__init__(max_batch_size=max_batch_size, params=params)
         unknown = set(tune) - set(TUNE_KEYS)
         if unknown:
@@ -166,9 +164,7 @@ class GridSweeper(BasicSweeper):
 
         jobs = plan_jobs(self, arguments)
         todo = [job for job in jobs if not is_done(job.out_dir, job.signature)]
-        log.info(
-            "grid of %d points: %d already complete, %d to run", len(jobs), len(jobs) - len(todo), len(todo)
-        )
+        log.info("grid of %d points: %d already complete, %d to run", len(jobs), len(jobs) - len(todo), len(todo))
         sweep_dir = Path(self.config.hydra.sweep.dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
@@ -179,9 +175,7 @@ class GridSweeper(BasicSweeper):
             try:
                 returns.append(self.launcher.launch([j.overrides for j in chunk], initial_job_idx=start))
             except Exception as exc:  # a lost worker (killed, out of memory): its jobs show up as missing
-                log.error(
-                    "launcher error (%s: %s): see the summary for missing jobs", type(exc).__name__, exc
-                )
+                log.error("launcher error (%s: %s): see the summary for missing jobs", type(exc).__name__, exc)
 
         summary = summarize(jobs)
         write_json(sweep_dir / "sweep_summary.json", summary)
