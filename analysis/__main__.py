@@ -28,6 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-q", "--quiet", action="store_true", help="warnings only")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(levelname)s: %(message)s")
+    logging.getLogger("matplotlib").setLevel(logging.WARNING)  # its INFO lines about categorical axes are noise
     try:
         index = build_report(args.results_dir, args.out, args.thresholds, args.stability)
     except (NoRecords, ThresholdsError) as exc:
