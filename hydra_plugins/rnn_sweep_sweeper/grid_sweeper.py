@@ -49,6 +49,18 @@ class PlannedJob:
     overrides: list[str]
     out_dir: Path
     signature: str
+    cost: float = 1.0  # relative expected run time, for scheduling only
+
+
+def expected_cost(cfg: DictConfig) -> float:
+    """A rough relative run time: updates x a per-update cost that grows with num_steps and, sublinearly on a CPU,
+    with batch_size. Only used to start long jobs first, so that a sweep does not end on one straggler."""
+    per_update = cfg.num_steps * (1.0 + cfg.batch_size / 8.0) * (1.0 if cfg.model.cell == "rnn" else 2.0)
+    kind, amount = cfg.budget.kind, float(cfg.budget.amount)
+    if kind == "seconds":
+        return amount
+    updates = amount if kind == "updates" else amount / (cfg.batch_size * cfg.num_steps)
+    return updates * per_update
 
 
 def plan_jobs(sweeper: BasicSweeper, arguments: list[str]) -> list[PlannedJob]:
@@ -77,7 +89,7 @@ def plan_jobs(sweeper: BasicSweeper, arguments: list[str]) -> list[PlannedJob]:
                 f"invalid sweep: grid points {seen[out_dir]} and {overrides} would share the folder {out_dir}"
             )
         seen[out_dir] = overrides
-        jobs.append(PlannedJob(overrides, out_dir, signature(job_cfg)))
+        jobs.append(PlannedJob(overrides, out_dir, signature(job_cfg), expected_cost(job_cfg)))
     return jobs
 
 
@@ -164,6 +176,7 @@ class GridSweeper(BasicSweeper):
 
         jobs = plan_jobs(self, arguments)
         todo = [job for job in jobs if not is_done(job.out_dir, job.signature)]
+        todo.sort(key=lambda job: -job.cost)  # longest first: the workers then run out of work together
         log.info("grid of %d points: %d already complete, %d to run", len(jobs), len(jobs) - len(todo), len(todo))
         sweep_dir = Path(self.config.hydra.sweep.dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)
