@@ -13,7 +13,6 @@ from omegaconf import DictConfig, OmegaConf
 from sweep import errors
 from sweep.config import ConfigError, register_configs
 from sweep.record import run_dirname
-from sweep.run import run_job
 
 register_configs()
 errors.install()
@@ -35,6 +34,8 @@ def parallel_jobs_of(hc) -> tuple[int, str | None]:
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
 def main(cfg: DictConfig) -> str:
+    from sweep.run import run_job  # here, not at the top: the sweep's parent process never trains
+
     hc = HydraConfig.get()
     n_jobs, launcher = parallel_jobs_of(hc)
     try:

@@ -15,11 +15,13 @@ import subprocess
 import sys
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
-import torch
 from omegaconf import DictConfig, OmegaConf
+
+if TYPE_CHECKING:  # torch and pandas are imported where used: a sweep's parent process never needs them
+    import pandas as pd
+    import torch
 
 RUN_FILE = "run.json"
 RECORD_VERSION = 1
@@ -138,6 +140,8 @@ def _version(pkg: str) -> str | None:
 
 def environment(device: torch.device, threads: int, parallel_jobs: int, launcher: str | None) -> dict[str, Any]:
     """Everything a speed figure depends on: hardware, threads, concurrency and versions."""
+    import torch
+
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else None
     return {
         "device": str(device),

@@ -66,8 +66,8 @@ def expected_cost(cfg: DictConfig) -> float:
 def plan_jobs(sweeper: BasicSweeper, arguments: list[str]) -> list[PlannedJob]:
     """Expand the grid (config params + command line), compose and validate every point."""
     from sweep.config import ConfigError, validate
+    from sweep.corpus import check_task
     from sweep.record import signature
-    from sweep.tasks import check_task
 
     params_conf = sweeper._parse_config()
     params_conf.extend(arguments)
