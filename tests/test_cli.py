@@ -90,6 +90,7 @@ def test_cli_multirun_from_the_command_line(tmp_path):
         "batch_size=1,4",
         "num_steps=4,8",
         "experiment=smoke",
+        "budget.amount=30",  # the preset trains ~10 s a job; the point here is the command line
         f"results_dir={tmp_path}",
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -106,7 +107,8 @@ def test_cli_multirun_from_the_command_line(tmp_path):
 
 def test_a_failing_and_a_diverging_job_are_recorded_and_the_others_run(tmp_path):
     env = {**os.environ, "RNN_SWEEP_FAIL_IF": "batch_size=2,"}
-    grid = ["-m", "experiment=smoke", "model=rnn", "batch_size=2,4,8", "optim=sgd", "optim.lr=1,1e12", "optim.clip=0"]
+    grid = ["-m", "experiment=smoke", "budget.amount=30", "model=rnn", "batch_size=2,4,8", "optim=sgd",
+            "optim.lr=1,1e12", "optim.clip=0"]  # fmt: skip
     proc = subprocess.run(
         [sys.executable, "-m", "sweep", *grid, f"results_dir={tmp_path}"],
         cwd=REPO,
