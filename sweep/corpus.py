@@ -8,6 +8,7 @@ from __future__ import annotations
 import functools
 import importlib
 import inspect
+import warnings
 from pathlib import Path
 
 from omegaconf import DictConfig
@@ -113,6 +114,12 @@ BUILTIN_CORPUS = "builtin:stdlib-docstrings"
 
 def builtin_corpus_text() -> str:
     """The docstrings of a fixed list of standard-library modules and their public members, in a fixed order."""
+    with warnings.catch_warnings():  # deprecated aliases (typing.io, ...) warn when their docstrings are read
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return _docstrings()
+
+
+def _docstrings() -> str:
     lines: list[str] = []
     for name in _STDLIB_MODULES:
         try:

@@ -61,9 +61,10 @@ def build_vocab(tokens: list[str], max_vocab: int = 0) -> list[str]:
     """Types by descending frequency (ties alphabetical, so it is deterministic); `<unk>` always present."""
     counts = Counter(tokens)
     ordered = sorted(counts, key=lambda t: (-counts[t], t))
-    if max_vocab and len(ordered) > max_vocab:
-        ordered = [t for t in ordered if t != "<unk>"][: max_vocab - 1]
-    if "<unk>" not in ordered:
+    has_unk = "<unk>" in ordered
+    if max_vocab and len(ordered) + (not has_unk) > max_vocab:  # max_vocab counts <unk> too
+        ordered = [*[t for t in ordered if t != "<unk>"][: max_vocab - 1], "<unk>"]
+    elif not has_unk:
         ordered.append("<unk>")
     return ordered
 
