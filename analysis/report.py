@@ -80,7 +80,9 @@ def build_report(
 
 def read_stability(root: Path, path: str | Path | None) -> tuple[float, str]:
     """The bench's run-to-run spread of tokens/s (coefficient of variation), when a stability file exists."""
-    candidates = [Path(path)] if path else [root / STABILITY_FILE, root / "bench" / STABILITY_FILE]
+    # where `make bench` writes it: the project's bench/out/ (the report names the file it used)
+    bench_out = Path(__file__).resolve().parent.parent / "bench" / "out" / "stability.json"
+    candidates = [Path(path)] if path else [root / STABILITY_FILE, root / "bench" / STABILITY_FILE, bench_out]
     for file in candidates:
         if not file.is_file():
             continue
