@@ -25,6 +25,8 @@ from analysis.verdicts import Verdict, judge, split_table, verdict_table
 
 log = logging.getLogger(__name__)
 
+# where `make bench` writes it: the project's bench/out/ (the report names the file it used)
+BENCH_STABILITY = Path(__file__).resolve().parent.parent / "bench" / "out" / "stability.json"
 STABILITY_FILE = "timing_stability.json"  # from bench/ (issue 6): {"cv": spread of tokens/s across repeats}
 
 
@@ -80,9 +82,7 @@ def build_report(
 
 def read_stability(root: Path, path: str | Path | None) -> tuple[float, str]:
     """The bench's run-to-run spread of tokens/s (coefficient of variation), when a stability file exists."""
-    # where `make bench` writes it: the project's bench/out/ (the report names the file it used)
-    bench_out = Path(__file__).resolve().parent.parent / "bench" / "out" / "stability.json"
-    candidates = [Path(path)] if path else [root / STABILITY_FILE, root / "bench" / STABILITY_FILE, bench_out]
+    candidates = [Path(path)] if path else [root / STABILITY_FILE, root / "bench" / STABILITY_FILE, BENCH_STABILITY]
     for file in candidates:
         if not file.is_file():
             continue

@@ -129,10 +129,14 @@ def test_headless_chromium_renders_the_report(report, tmp_path):
     assert pixels.shape[0] >= 4000 and pixels.std() > 0.05  # a page with content, not a blank one
 
 
-def test_bench_timing_stability_file_is_read_when_present(tmp_path):
+def test_bench_timing_stability_file_is_read_when_present(tmp_path, monkeypatch):
     from analysis.report import read_stability
 
+    monkeypatch.setattr("analysis.report.BENCH_STABILITY", tmp_path / "bench-out" / "stability.json")
     assert read_stability(tmp_path, None) == (0.0, "")
+    (tmp_path / "bench-out").mkdir()
+    (tmp_path / "bench-out" / "stability.json").write_text('{"cv": 0.2}')  # what `make bench` writes
+    assert read_stability(tmp_path, None) == (pytest.approx(0.2), str(tmp_path / "bench-out" / "stability.json"))
     (tmp_path / "bench").mkdir()
     (tmp_path / "bench" / "timing_stability.json").write_text('{"cv": 0.07, "repeats": 5}')
     cv, source = read_stability(tmp_path, None)
