@@ -99,7 +99,11 @@ def read_run(folder: Path) -> dict[str, Any] | None:
 
 
 def is_done(folder: Path, sig: str) -> bool:
-    rec = read_run(folder)
+    return record_is_done(read_run(folder), sig)
+
+
+def record_is_done(rec: dict[str, Any] | None, sig: str) -> bool:
+    """A record that a rerun skips: whole, made from the same config, and complete or diverged."""
     return bool(rec) and rec.get("signature") == sig and rec.get("status") in DONE_STATUSES
 
 

@@ -47,7 +47,7 @@ def run_job(
         raise
     sig = record.signature(cfg)
     existing = record.read_run(out_dir)
-    if record.is_done(out_dir, sig):
+    if record.record_is_done(existing, sig):
         log.info("skip %s: complete record with signature %s", out_dir, sig)
         return existing  # type: ignore[return-value]
 

@@ -151,6 +151,8 @@ def train(cfg: DictConfig, measure_fn=None) -> TrainResult:
     # but make no update: there is no loss to take a gradient of.
     column_has_target = (targets != IGNORE).any(dim=0).any(dim=0)[: windows * num_steps]
     has_target = column_has_target.view(windows, num_steps).any(dim=1).tolist()
+    if not any(has_target):  # check_task rules this out; without it the pass loop below would never end
+        raise RuntimeError("no training window of the stream has a target")
     eval_at = [k / cfg.eval.points for k in range(1, cfg.eval.points)]  # the last evaluation is at the end
     checkpoints = cfg.measure.checkpoints if measure_fn is not None else 0
     measure_at = [k / (checkpoints + 1) for k in range(1, checkpoints + 1)]
@@ -235,8 +237,6 @@ def train(cfg: DictConfig, measure_fn=None) -> TrainResult:
                     loss.item(),
                     tokens / max(times[-1], 1e-9),
                 )
-        if windows == 0:  # check_task makes this impossible; guard against an endless loop all the same
-            raise RuntimeError("no training window fits the stream")
     sync(device)
     train_clock += time.perf_counter() - segment_start
 
