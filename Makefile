@@ -7,7 +7,7 @@ TSTAMP  := $(VENV)/.installed-test
 RESULTS ?= results
 ARGS    ?=
 
-.PHONY: help install sweep smoke report tune test test-fast lint format bench clean
+.PHONY: help install sweep speed smoke report tune test test-fast lint format bench clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -27,9 +27,12 @@ $(TSTAMP): $(STAMP)
 
 install: $(STAMP)  ## create .venv and install the project (CPU torch)
 
-sweep: $(STAMP)  ## run the claim grid (experiment=claim, all cores) and write its report
+sweep: $(STAMP)  ## the claim protocol (speed phase, lr search, both budgets, 5 seeds) and its report
 	$(BIN)/python -m sweep experiment=claim results_dir=$(RESULTS) $(ARGS)
 	$(BIN)/python -m analysis $(RESULTS)/claim
+
+speed: $(STAMP)  ## the claim grid's speed phase alone (one job at a time, interleaved rounds): results/claim/speed.parquet
+	$(BIN)/python -m sweep experiment=speed results_dir=$(RESULTS) $(ARGS)
 
 smoke: $(STAMP)  ## a tiny grid through the whole pipeline (< 1 min)
 	$(BIN)/python -m sweep experiment=smoke results_dir=$(RESULTS) $(ARGS)

@@ -21,6 +21,9 @@ CELLS = ("rnn", "gru", "lstm")
 TASKS = ("echo", "lags", "text")
 OPTIMIZERS = ("sgd", "adam")
 LR_SCALINGS = ("none", "linear", "sqrt")
+# How the run's lr was chosen (informational, for the report): given as is, scaled by a rule from a base batch
+# size, picked by the sweeper's lr search (pooled over seeds), or tuned per grid cell by Optuna.
+LR_PROTOCOLS = ("fixed", "scaled", "searched", "tuned")
 BUDGETS = ("tokens", "updates", "seconds")
 DEVICES = ("auto", "cpu", "cuda")
 LEVELS = ("word", "char")
@@ -63,6 +66,7 @@ class OptimConfig:
     clip: float = 5.0  # max global grad norm; 0 = no clipping (the norm is still recorded)
     lr_scaling: str = "none"
     base_batch_size: int = 16  # the batch size at which `lr` is used as given
+    lr_protocol: str = "fixed"  # fixed | scaled | searched | tuned: set by the sweeper, read by the report
 
 
 @dataclass
@@ -76,6 +80,8 @@ class EvalConfig:
     points: int = 4  # held-out evaluations at evenly spaced fractions of the budget (the last one at the end)
     rows: int = 32  # held-out stream is cut into this many parallel rows
     max_tokens: int = 0  # evaluate on the first this-many held-out tokens only; 0 = all of them
+    # text: the held-out perplexity that counts as "reached" for time-to-target (null = no target)
+    target_perplexity: Optional[float] = None  # noqa: UP045
 
 
 @dataclass
@@ -100,6 +106,15 @@ class MeasureConfig:
     probe_max_classes: int = 32  # larger vocabularies: the most frequent types + one class for the rest
     probe_ridge: float = 1e-3  # ridge penalty, relative to the mean diagonal of the Gram matrix
     checkpoints: int = 0  # extra measurement points during training (0 = only at the end)
+    # gradient noise scale B_simple (docs/measures.md) at evaluation points: gradients of the mean loss over
+    # `noise_rows` held-out rows and over groups of `noise_small` rows, on `noise_windows` windows of num_steps
+    noise_scale: bool = True
+    noise_rows: int = 64
+    noise_small: int = 8
+    noise_windows: int = 4
+    # window-gradient growth at fixed parameters (claim C5): grad norm of a window's loss vs window length
+    growth_lengths: list[int] = field(default_factory=lambda: [4, 8, 16, 32, 64, 128])
+    growth_windows: int = 8
 
 
 @dataclass
@@ -157,6 +172,7 @@ def validate(cfg: DictConfig) -> None:
     _one_of(cfg, "model.cell", CELLS)
     _one_of(cfg, "optim.name", OPTIMIZERS)
     _one_of(cfg, "optim.lr_scaling", LR_SCALINGS)
+    _one_of(cfg, "optim.lr_protocol", LR_PROTOCOLS)
     _one_of(cfg, "budget.kind", BUDGETS)
     lr = cfg.optim.lr
     _need(lr > 0 and math.isfinite(lr), "optim.lr", "must be a positive number", lr)
@@ -218,6 +234,22 @@ def validate(cfg: DictConfig) -> None:
     _need(classes >= 2, "measure.probe_max_classes", "must be an integer >= 2", classes)
     _need(m.probe_ridge > 0, "measure.probe_ridge", "must be > 0", m.probe_ridge)
     _need(m.checkpoints >= 0, "measure.checkpoints", "must be >= 0 (0 = only at the end)", m.checkpoints)
+    for key in ("noise_rows", "noise_small", "noise_windows", "growth_windows"):
+        _positive_int(cfg, f"measure.{key}")
+    _need(
+        m.noise_small < m.noise_rows and m.noise_rows % m.noise_small == 0,
+        "measure.noise_small",
+        f"must be smaller than measure.noise_rows ({m.noise_rows}) and divide it",
+        m.noise_small,
+    )
+    _need(
+        len(m.growth_lengths) >= 2 and all(isinstance(v, int) and v > 0 for v in m.growth_lengths),
+        "measure.growth_lengths",
+        "must be a list of at least two positive integers",
+        list(m.growth_lengths),
+    )
+    tp = cfg.eval.target_perplexity
+    _need(tp is None or tp > 1, "eval.target_perplexity", "must be null or a number > 1", tp)
 
 
 def effective_lr(cfg: DictConfig) -> float:

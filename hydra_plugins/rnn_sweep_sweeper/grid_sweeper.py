@@ -4,6 +4,13 @@
   grid stops the sweep with one message and no records.
 - Grid points whose folder already holds a complete record with the same config signature are not scheduled
   again (a rerun after a kill schedules only what is missing).
+- `grids`: a list of sub-grids whose union is swept (each joined with `params` and the command line), so one
+  preset can give two tasks different grids.
+- `speed`: a speed phase of its own (docs/protocol.md): every distinct (task, cell, batch_size, num_steps) of
+  the grid timed one at a time, in interleaved rounds, before anything trains; `speed.parquet` in the sweep
+  folder. `speed.only` runs that phase alone (experiment=speed).
+- `lr_search`: a short search over `values` of optim.lr, pooled over `seeds`, before the grid; each grid point
+  then trains with the lr that gave the lowest mean held-out objective for its group (`lr_search.json`).
 - At the end it writes `sweep_summary.json` (complete / diverged / failed / missing per job) and exits
   non-zero if any job failed or left no record.
 """
@@ -11,7 +18,7 @@
 import logging
 import os
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
@@ -29,12 +36,43 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
+class SpeedPhaseConf:
+    """The speed phase (docs/protocol.md): one timed job at a time, interleaved rounds, warm-up excluded."""
+
+    enabled: bool = False
+    only: bool = False  # time the grid's points and train nothing (experiment=speed)
+    tasks: list[str] = field(default_factory=list)  # time only these tasks' points (empty = every task)
+    rounds: int = 5
+    min_seconds: float = 0.5  # each timed segment at least this long ...
+    min_updates: int = 100  # ... and at least this many updates
+    warmup_updates: int = 20
+    threads: int = 1  # torch threads of the timed job (recorded with every row)
+    device: str = "auto"
+
+
+@dataclass
+class LrSearchConf:
+    """A short lr search before the grid: every group of grid points that differ only in the seed (after
+    `overrides` are applied) gets the lr in `values` with the lowest held-out `objective`, averaged over
+    `seeds` (never chosen per seed: that would select on noise). Search seeds differ from the grid's, so the
+    outcomes the report judges were never used to pick the lr."""
+
+    values: list[float] = field(default_factory=list)  # empty = no search
+    seeds: list[int] = field(default_factory=lambda: [1000, 1001])
+    overrides: list[str] = field(default_factory=list)  # settings of the search runs, e.g. num_steps=16
+    objective: str = "valid_loss"  # a summary metric, minimised
+
+
+@dataclass
 class GridSweeperConf(TuneSettings):
     """A grid; with `search` set, a grid x an Optuna search in every grid point (rnn_sweep_optuna)."""
 
     _target_: str = "hydra_plugins.rnn_sweep_sweeper.grid_sweeper.GridSweeper"
     max_batch_size: Optional[int] = None  # noqa: UP045 (OmegaConf reads these annotations)
     params: Optional[dict[str, str]] = None  # noqa: UP045
+    grids: Optional[list[dict[str, Any]]] = None  # noqa: UP045  sub-grids, swept as a union
+    speed: SpeedPhaseConf = field(default_factory=SpeedPhaseConf)
+    lr_search: LrSearchConf = field(default_factory=LrSearchConf)
 
 
 ConfigStore.instance().store(group="hydra/sweeper", name="grid", node=GridSweeperConf, provider="rnn-sweep")
@@ -50,6 +88,7 @@ class PlannedJob:
     out_dir: Path
     signature: str
     cost: float = 1.0  # relative expected run time, for scheduling only
+    config: DictConfig | None = None  # the composed job config (the phases read it)
 
 
 def expected_cost(cfg: DictConfig) -> float:
@@ -63,20 +102,35 @@ def expected_cost(cfg: DictConfig) -> float:
     return updates * per_update
 
 
+def grid_points(sweeper: BasicSweeper, arguments: list[str]) -> list[list[str]]:
+    """The override lists of every grid point: the union over `grids` (each joined with `params`; the command
+    line wins over both), in order, without duplicates."""
+    parser = OverridesParser.create(config_loader=sweeper.hydra_context.config_loader)
+    params = dict(getattr(sweeper, "params", None) or {})
+    points: dict[tuple[str, ...], list[str]] = {}
+    for sub in getattr(sweeper, "grids", None) or [{}]:
+        conf = [f"{k}={v}" for k, v in {**params, **dict(sub)}.items()] + list(arguments)
+        for batch in BasicSweeper.split_arguments(parser.parse_overrides(conf), None):
+            for o in batch:
+                points.setdefault(tuple(sorted(o)), list(o))
+    return list(points.values())
+
+
 def plan_jobs(sweeper: BasicSweeper, arguments: list[str]) -> list[PlannedJob]:
     """Expand the grid (config params + command line), compose and validate every point."""
+    return plan_points(sweeper, grid_points(sweeper, arguments))
+
+
+def plan_points(sweeper: BasicSweeper, points: list[list[str]]) -> list[PlannedJob]:
+    """Compose and validate every point; bad input anywhere stops the sweep before anything is written."""
     from sweep.config import ConfigError, validate
     from sweep.corpus import check_task
     from sweep.record import signature
 
-    params_conf = sweeper._parse_config()
-    params_conf.extend(arguments)
-    parser = OverridesParser.create(config_loader=sweeper.hydra_context.config_loader)
-    batches = BasicSweeper.split_arguments(parser.parse_overrides(params_conf), None)
     loader = sweeper.hydra_context.config_loader
     jobs: list[PlannedJob] = []
     seen: dict[Path, list[str]] = {}
-    for overrides in (list(o) for batch in batches for o in batch):
+    for overrides in points:
         job_cfg = loader.load_sweep_config(master_config=sweeper.config, sweep_overrides=overrides)
         try:
             validate(job_cfg)
@@ -89,7 +143,7 @@ def plan_jobs(sweeper: BasicSweeper, arguments: list[str]) -> list[PlannedJob]:
                 f"invalid sweep: grid points {seen[out_dir]} and {overrides} would share the folder {out_dir}"
             )
         seen[out_dir] = overrides
-        jobs.append(PlannedJob(overrides, out_dir, signature(job_cfg), expected_cost(job_cfg)))
+        jobs.append(PlannedJob(overrides, out_dir, signature(job_cfg), expected_cost(job_cfg), job_cfg))
     return jobs
 
 
@@ -150,11 +204,22 @@ def summarize(jobs: list[PlannedJob]) -> dict[str, Any]:
 
 
 class GridSweeper(BasicSweeper):
-    def __init__(self, max_batch_size: int | None = None, params: dict[str, str] | None = None, **tune: Any) -> None:
+    def __init__(
+        self,
+        max_batch_size: int | None = None,
+        params: dict[str, str] | None = None,
+        grids: list[dict[str, Any]] | None = None,
+        speed: Any = None,
+        lr_search: Any = None,
+        **tune: Any,
+    ) -> None:
         super().__init__(max_batch_size=max_batch_size, params=params)
         unknown = set(tune) - set(TUNE_KEYS)
         if unknown:
             raise TypeError(f"GridSweeper: unknown settings {sorted(unknown)}")
+        self.grids = grids
+        self.speed = speed
+        self.lr_search = lr_search
         self.tune = tune
         self.tuner: Sweeper | None = None
 
@@ -173,22 +238,29 @@ class GridSweeper(BasicSweeper):
 
         if self.tuner is not None:
             return self.tuner.sweep(arguments)
+        from hydra_plugins.rnn_sweep_sweeper import _phases
 
+        speed = self.speed or {}
+        search = self.lr_search or {}
+        if search.get("values") and any(a.split("=", 1)[0].lstrip("+~") == "optim.lr" for a in arguments):
+            from sweep.config import ConfigError
+
+            raise ConfigError(
+                "invalid sweep: optim.lr is chosen by hydra.sweeper.lr_search; set hydra.sweeper.lr_search.values=[] "
+                "to give optim.lr yourself"
+            )
         jobs = plan_jobs(self, arguments)
-        todo = [job for job in jobs if not is_done(job.out_dir, job.signature)]
-        todo.sort(key=lambda job: -job.cost)  # longest first: the workers then run out of work together
-        log.info("grid of %d points: %d already complete, %d to run", len(jobs), len(jobs) - len(todo), len(todo))
         sweep_dir = Path(self.config.hydra.sweep.dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
-        returns = []
-        batch = batch_limit(self.config.hydra.launcher, self.max_batch_size) or len(todo) or 1
-        for start in range(0, len(todo), batch):
-            chunk = todo[start : start + batch]
-            try:
-                returns.append(self.launcher.launch([j.overrides for j in chunk], initial_job_idx=start))
-            except Exception as exc:  # a lost worker (killed, out of memory): its jobs show up as missing
-                log.error("launcher error (%s: %s): see the summary for missing jobs", type(exc).__name__, exc)
+        if speed.get("enabled") or speed.get("only"):  # first: nothing else trains while it times
+            _phases.run_speed_phase(jobs, speed, sweep_dir)
+            if speed.get("only"):
+                return []
+        if search.get("values"):
+            chosen = _phases.run_lr_search(self, jobs, search, sweep_dir)
+            jobs = plan_points(self, _phases.with_chosen_lr(jobs, chosen))
+        returns = self._launch(jobs, is_done)
 
         summary = summarize(jobs)
         write_json(sweep_dir / "sweep_summary.json", summary)
@@ -201,6 +273,21 @@ class GridSweeper(BasicSweeper):
                 f"sweep finished with {len(bad)} of {len(jobs)} jobs not complete: {names}"
                 f"{' ...' if len(bad) > 10 else ''} (details in {sweep_dir / 'sweep_summary.json'})"
             )
+        return returns
+
+    def _launch(self, jobs: list[PlannedJob], is_done) -> list[Any]:
+        """Launch the jobs that have no whole record yet, longest first, in batches the launcher can take."""
+        todo = [job for job in jobs if not is_done(job.out_dir, job.signature)]
+        todo.sort(key=lambda job: -job.cost)  # longest first: the workers then run out of work together
+        log.info("grid of %d points: %d already complete, %d to run", len(jobs), len(jobs) - len(todo), len(todo))
+        returns = []
+        batch = batch_limit(self.config.hydra.launcher, self.max_batch_size) or len(todo) or 1
+        for start in range(0, len(todo), batch):
+            chunk = todo[start : start + batch]
+            try:
+                returns.append(self.launcher.launch([j.overrides for j in chunk], initial_job_idx=start))
+            except Exception as exc:  # a lost worker (killed, out of memory): its jobs show up as missing
+                log.error("launcher error (%s: %s): see the summary for missing jobs", type(exc).__name__, exc)
         return returns
 
 

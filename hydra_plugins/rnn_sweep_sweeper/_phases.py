@@ -1,0 +1,187 @@
+"""The grid sweeper's phases before the grid trains: the speed phase and the lr search (docs/protocol.md).
+
+Imported lazily by grid_sweeper.py (the leading underscore keeps Hydra's plugin scan from executing it on
+every start), and free of torch: the speed phase runs in a child process (`python -m sweep.speed`), the lr
+search through the sweep's own launcher, so the sweep's parent process never trains.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from hydra_plugins.rnn_sweep_sweeper.grid_sweeper import PlannedJob, SweepFailed, plan_points
+
+log = logging.getLogger(__name__)
+
+SPEED_PLAN = "speed_plan.json"
+SPEED_TABLE = "speed.parquet"
+LR_SEARCH_FILE = "lr_search.json"
+LR_SEARCH_DIR = "lr_search"
+# Keys a speed point is named by; the rest of its config (model size, optimizer, ...) is taken from the first
+# grid point with that key, and a grid whose points differ in more than these keys gets a warning.
+SPEED_KEYS = ("task", "cell", "batch_size", "num_steps")
+# Keys that change neither the speed of an update nor the shape of the work.
+_SPEED_IRRELEVANT = ("seed", "budget", "eval", "measure", "name", "results_dir", "study", "trial", "progress_every_s")
+
+
+def _key(override: str) -> str:
+    return override.split("=", 1)[0].lstrip("+~")
+
+
+# ------------------------------------------------------------------------------------------------ speed phase
+def speed_points(jobs: list[PlannedJob], tasks: list[str] | None = None) -> list[dict[str, Any]]:
+    """One point per distinct (task, cell, batch_size, num_steps) of the grid, in grid order."""
+    from sweep.record import resolved_config
+
+    points: dict[tuple, dict[str, Any]] = {}
+    for job in jobs:
+        c = job.config
+        if tasks and c.task.name not in tasks:
+            continue
+        key = {"task": str(c.task.name), "cell": str(c.model.cell), "batch_size": int(c.batch_size),
+               "num_steps": int(c.num_steps)}  # fmt: skip
+        conf = resolved_config(c)
+        shape = {k: v for k, v in conf.items() if k not in _SPEED_IRRELEVANT}
+        shape.get("optim", {}).pop("lr", None)
+        shape.get("optim", {}).pop("lr_protocol", None)
+        k = tuple(key.values())
+        if k not in points:
+            points[k] = {"key": key, "config": conf, "_shape": shape}
+        elif points[k]["_shape"] != shape:
+            log.warning("speed phase: grid points %s differ in more than %s; timing the first", key, SPEED_KEYS)
+    return [{"key": p["key"], "config": p["config"]} for p in points.values()]
+
+
+def run_speed_phase(jobs: list[PlannedJob], speed: Any, sweep_dir: Path) -> None:
+    """Time the grid's points one at a time in a child process (nothing else trains meanwhile)."""
+    from sweep.record import write_json
+
+    points = speed_points(jobs, list(speed.get("tasks") or []))
+    if not points:
+        raise SweepFailed(f"speed phase: no grid point matches hydra.sweeper.speed.tasks={list(speed.tasks)}")
+    plan = {
+        "out": str(sweep_dir / SPEED_TABLE),
+        "rounds": int(speed.rounds),
+        "min_seconds": float(speed.min_seconds),
+        "min_updates": int(speed.min_updates),
+        "warmup_updates": int(speed.warmup_updates),
+        "threads": int(speed.threads),
+        "device": str(speed.device),
+        "points": points,
+    }
+    plan_file = sweep_dir / SPEED_PLAN
+    write_json(plan_file, plan)
+    log.info("speed phase: %d points x %d rounds, one at a time, %d thread(s)", len(points), plan["rounds"],
+             plan["threads"])  # fmt: skip
+    proc = subprocess.run([sys.executable, "-m", "sweep.speed", str(plan_file)], check=False)
+    if proc.returncode != 0:
+        raise SweepFailed(f"speed phase failed (exit {proc.returncode}); its plan is {plan_file}")
+
+
+# ---------------------------------------------------------------------------------------------------- lr search
+def _groups(jobs: list[PlannedJob], search: Any) -> dict[tuple[str, ...], list[str]]:
+    """Grid points that differ only in the seed, once `search.overrides` are applied, share one lr: group key
+    (the sorted overrides that remain) -> those overrides."""
+    return {gk: list(gk) for gk in dict.fromkeys(group_key(job, search) for job in jobs)}
+
+
+def group_key(job: PlannedJob, search: Any) -> tuple[str, ...]:
+    fixed = {_key(o) for o in search.get("overrides") or []}
+    drop = {"seed", "optim.lr", "optim.lr_protocol", "name"} | fixed
+    return tuple(sorted(o for o in job.overrides if _key(o) not in drop))
+
+
+def search_overrides(base: list[str], search: Any, name: str) -> list[list[str]]:
+    """The runs of one group's search: every lr in `values` x every search seed."""
+    return [
+        [*base, *search.overrides, f"seed={seed}", f"optim.lr={lr!r}", f"name={name}/{LR_SEARCH_DIR}"]
+        for lr in search["values"]
+        for seed in search["seeds"]
+    ]
+
+
+def choose(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The lr with the lowest mean objective over the search seeds. A failed or diverged seed makes that lr's
+    mean infinite: an lr that diverges on some seeds is not a safe choice."""
+    by_lr: dict[float, list[float]] = {}
+    for r in rows:
+        value = r["objective"] if r["status"] == "complete" and r["objective"] is not None else math.inf
+        by_lr.setdefault(r["lr"], []).append(float(value))
+    means = {lr: sum(v) / len(v) for lr, v in by_lr.items()}
+    best = min(means, key=lambda lr: (means[lr], lr))
+    return {"lr": best, "mean_objective": means[best], "n": len(by_lr[best]), "means": means}
+
+
+def run_lr_search(sweeper: Any, jobs: list[PlannedJob], search: Any, sweep_dir: Path) -> dict[str, Any]:
+    """Run (or reuse) the search runs, pick one lr per group, write lr_search.json. Returns what
+    `with_chosen_lr` needs: the search settings and group key -> lr."""
+    from sweep.record import is_done, read_run, write_json
+
+    groups = _groups(jobs, search)
+    name = str(jobs[0].config.name) if jobs else "default"
+    planned: dict[tuple, list[PlannedJob]] = {}
+    for gk, base in groups.items():
+        planned[gk] = plan_points(sweeper, search_overrides(base, search, name))
+    every = [j for js in planned.values() for j in js]
+    log.info("lr search: %d groups x %d lrs x %d seeds = %d runs", len(groups), len(search["values"]),
+             len(search["seeds"]), len(every))  # fmt: skip
+    sweeper._launch(every, is_done)
+
+    objective = str(search.get("objective") or "valid_loss")
+    # the keys whose values differ between groups: what the chosen lr depends on
+    values: dict[str, list[str]] = {}
+    for gk in groups:
+        for o in gk:
+            values.setdefault(_key(o), []).append(o)
+    varying = sorted(k for k, v in values.items() if len(set(v)) > 1 or len(v) < len(groups))
+    table, chosen, result = [], [], {}
+    for gk, js in planned.items():
+        rows = []
+        for j in js:
+            rec = read_run(j.out_dir) or {}
+            summary = rec.get("summary") or {}
+            status = rec.get("status", "missing") if rec.get("signature") == j.signature else "missing"
+            c = j.config
+            rows.append({
+                "group": " ".join(o for o in gk if _key(o) in varying) or "all", "task": str(c.task.name), "cell": str(c.model.cell),
+                "batch_size": int(c.batch_size), "num_steps": int(c.num_steps), "lr": float(c.optim.lr),
+                "seed": int(c.seed), "status": status, "objective": summary.get(objective),
+                "folder": str(j.out_dir.relative_to(sweep_dir)) if j.out_dir.is_relative_to(sweep_dir) else str(j.out_dir),
+            })  # fmt: skip
+        best = choose(rows)
+        if not math.isfinite(best["mean_objective"]):
+            raise SweepFailed(
+                f"lr search: every lr in {list(search['values'])} failed or diverged for {' '.join(gk) or 'defaults'}"
+                f" (records under {sweep_dir / LR_SEARCH_DIR})"
+            )
+        table.extend(rows)
+        first = rows[0]
+        chosen.append({
+            "group": first["group"], "task": first["task"], "cell": first["cell"], "batch_size": first["batch_size"],
+            "lr": best["lr"], f"mean_{objective}": best["mean_objective"], "n": best["n"],
+            "means": {repr(lr): m for lr, m in best["means"].items()},
+        })  # fmt: skip
+        result[gk] = best["lr"]
+    write_json(sweep_dir / LR_SEARCH_FILE, {
+        "values": list(search["values"]), "seeds": list(search["seeds"]), "overrides": list(search.overrides),
+        "objective": objective, "by": varying, "rule": "lowest mean held-out objective over the search seeds",
+        "table": table, "chosen": chosen,
+    })  # fmt: skip
+    for c in chosen:
+        log.info("lr search: %s -> lr %g", c["group"], c["lr"])
+    return {"search": search, "lr": result}
+
+
+def with_chosen_lr(jobs: list[PlannedJob], chosen: dict[str, Any]) -> list[list[str]]:
+    """The grid's override lists with each point's searched lr."""
+    out = []
+    for job in jobs:
+        lr = chosen["lr"][group_key(job, chosen["search"])]
+        base = [o for o in job.overrides if _key(o) not in ("optim.lr", "optim.lr_protocol")]
+        out.append([*base, f"optim.lr={lr!r}", "optim.lr_protocol=searched"])
+    return out
