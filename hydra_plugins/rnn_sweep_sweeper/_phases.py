@@ -147,11 +147,12 @@ def run_lr_search(sweeper: Any, jobs: list[PlannedJob], search: Any, sweep_dir: 
             summary = rec.get("summary") or {}
             status = rec.get("status", "missing") if rec.get("signature") == j.signature else "missing"
             c = j.config
+            folder = j.out_dir.relative_to(sweep_dir) if j.out_dir.is_relative_to(sweep_dir) else j.out_dir
             rows.append({
-                "group": " ".join(o for o in gk if _key(o) in varying) or "all", "task": str(c.task.name), "cell": str(c.model.cell),
-                "batch_size": int(c.batch_size), "num_steps": int(c.num_steps), "lr": float(c.optim.lr),
-                "seed": int(c.seed), "status": status, "objective": summary.get(objective),
-                "folder": str(j.out_dir.relative_to(sweep_dir)) if j.out_dir.is_relative_to(sweep_dir) else str(j.out_dir),
+                "group": " ".join(o for o in gk if _key(o) in varying) or "all", "task": str(c.task.name),
+                "cell": str(c.model.cell), "batch_size": int(c.batch_size), "num_steps": int(c.num_steps),
+                "lr": float(c.optim.lr), "seed": int(c.seed), "status": status,
+                "objective": summary.get(objective), "folder": str(folder),
             })  # fmt: skip
         best = choose(rows)
         if not math.isfinite(best["mean_objective"]):

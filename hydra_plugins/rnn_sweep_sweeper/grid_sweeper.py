@@ -203,6 +203,19 @@ def summarize(jobs: list[PlannedJob]) -> dict[str, Any]:
     return {"counts": dict(counts), "jobs": per_job}
 
 
+PLAN_FILE = "sweep_plan.json"
+
+
+def write_plan(sweep_dir: Path, jobs: list[PlannedJob]) -> None:
+    """Every point of the grid (folder, overrides, signature), written before the first job starts, so that a
+    reader of a killed or still-running sweep knows what is missing."""
+    from sweep.record import write_json
+
+    write_json(sweep_dir / PLAN_FILE, {
+        "points": [{"folder": j.out_dir.name, "overrides": j.overrides, "signature": j.signature} for j in jobs],
+    })  # fmt: skip
+
+
 class GridSweeper(BasicSweeper):
     def __init__(
         self,
@@ -260,6 +273,7 @@ class GridSweeper(BasicSweeper):
         if search.get("values"):
             chosen = _phases.run_lr_search(self, jobs, search, sweep_dir)
             jobs = plan_points(self, _phases.with_chosen_lr(jobs, chosen))
+        write_plan(sweep_dir, jobs)
         returns = self._launch(jobs, is_done)
 
         summary = summarize(jobs)

@@ -1,0 +1,108 @@
+"""The claim protocol as the grid sweeper runs it: sub-grids swept as a union, the lr search (pooled over its own
+seeds, then applied to the grid), the speed phase wiring, and the preset that puts them together."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from hydra_plugins.rnn_sweep_sweeper._phases import choose
+from tests.conftest import TINY, run_cli
+
+NO_PHASES = ["hydra.sweeper.speed.enabled=false", "hydra.sweeper.lr_search.values=[]"]
+
+
+def _records(root: Path) -> dict[str, dict]:
+    return {str(p.parent.relative_to(root)): json.loads(p.read_text()) for p in root.rglob("run.json")}
+
+
+def _row(lr: float, seed: int, value: float | None, status: str = "complete") -> dict:
+    return {"lr": lr, "seed": seed, "objective": value, "status": status}
+
+
+def test_the_lr_search_pools_seeds_and_never_picks_per_seed():
+    # lr 0.03 wins seed 0 by a little and loses seed 1 by a lot: a per-seed choice would keep it for seed 0
+    rows = [_row(0.01, 0, 0.50), _row(0.01, 1, 0.52), _row(0.03, 0, 0.45), _row(0.03, 1, 0.80)]
+    best = choose(rows)
+    assert best["lr"] == 0.01 and best["n"] == 2
+    assert best["mean_objective"] == pytest.approx(0.51)
+    assert best["means"][0.03] == pytest.approx(0.625)
+
+
+def test_an_lr_that_diverges_on_one_search_seed_is_never_chosen():
+    rows = [_row(0.1, 0, 0.1), _row(0.1, 1, None, "diverged"), _row(0.01, 0, 0.6), _row(0.01, 1, 0.6)]
+    assert choose(rows)["lr"] == 0.01
+    only_bad = [_row(0.1, 0, None, "failed"), _row(0.1, 1, None, "diverged")]
+    assert math.isinf(choose(only_bad)["mean_objective"])
+
+
+def test_sub_grids_are_swept_as_a_union_and_the_command_line_joins_each(tmp_path):
+    grids = "hydra.sweeper.grids=[{task:echo,num_steps:'4,8'},{task:lags,num_steps:'8'}]"
+    proc = run_cli("-m", *TINY, *NO_PHASES, grids, "model=rnn,gru", "batch_size=2", f"results_dir={tmp_path}")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    recs = _records(tmp_path / "default")
+    points = sorted((r["config"]["task"]["name"], r["config"]["model"]["cell"], r["config"]["num_steps"])
+                    for r in recs.values())  # fmt: skip
+    assert points == sorted([(t, c, n) for c in ("rnn", "gru") for t, n in (("echo", 4), ("echo", 8), ("lags", 8))])
+    assert all(r["config"]["batch_size"] == 2 for r in recs.values())
+
+
+@pytest.mark.slow
+def test_the_lr_search_runs_once_per_group_and_the_grid_trains_with_its_choice(tmp_path):
+    args = ["-m", *TINY, "hydra.sweeper.speed.enabled=false", "hydra.sweeper.lr_search.values=[0.003,0.1]",
+            "hydra.sweeper.lr_search.seeds=[100,101]", "hydra.sweeper.lr_search.overrides=['num_steps=8']",
+            "model=rnn,gru", "num_steps=4,8", "seed=0,1", "name=s", f"results_dir={tmp_path}"]  # fmt: skip
+    proc = run_cli(*args)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    search = json.loads((tmp_path / "s" / "lr_search.json").read_text())
+    # groups: what is left of a grid point once the seed and the search's own overrides are set aside
+    assert search["by"] == ["model"]
+    table = pd.DataFrame(search["table"])
+    assert len(table) == 2 * 2 * 2  # cells x lrs x search seeds; num_steps is fixed by the search overrides
+    assert set(table["seed"]) == {100, 101} and set(table["num_steps"]) == {8}
+    means = table.groupby(["cell", "lr"])["objective"].mean()
+    grid = _records(tmp_path / "s")
+    grid = {k: r for k, r in grid.items() if not k.startswith("lr_search/")}
+    assert len(grid) == 2 * 2 * 2  # cells x num_steps x seeds
+    for chosen in search["chosen"]:
+        assert chosen["lr"] == means[chosen["cell"]].idxmin()
+        runs = [r for r in grid.values() if r["config"]["model"]["cell"] == chosen["cell"]]
+        assert len(runs) == 4
+        assert all(r["config"]["optim"]["lr"] == chosen["lr"] for r in runs)
+        assert all(r["config"]["optim"]["lr_protocol"] == "searched" for r in runs)
+    assert not {r["config"]["seed"] for r in grid.values()} & {100, 101}
+    again = run_cli(*args)
+    assert again.returncode == 0
+    out = again.stdout + again.stderr
+    assert "grid of 8 points: 8 already complete, 0 to run" in out  # the search, reused
+    assert "grid of 8 points: 8 already complete" in out.split("lr search:")[-1]  # the grid, reused
+
+
+def test_giving_lr_while_the_search_chooses_it_is_refused(tmp_path):
+    proc = run_cli("-m", *TINY, "hydra.sweeper.lr_search.values=[0.01,0.1]", "optim.lr=0.5",
+                   f"results_dir={tmp_path}")  # fmt: skip
+    assert proc.returncode == 2
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "optim.lr" in lines[0] and "lr_search" in lines[0]
+    assert not list(tmp_path.rglob("run.json"))
+
+
+def test_the_speed_phase_alone_times_each_distinct_point_and_trains_nothing(tmp_path):
+    args = ["-m", *TINY, "hydra.sweeper.speed.only=true", "hydra.sweeper.speed.rounds=2",
+            "hydra.sweeper.speed.min_seconds=0.01", "hydra.sweeper.speed.min_updates=3",
+            "hydra.sweeper.speed.warmup_updates=2", "model=rnn,gru", "batch_size=1,4", "seed=0,1,2",
+            "name=sp", f"results_dir={tmp_path}"]  # fmt: skip
+    proc = run_cli(*args)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert not list(tmp_path.rglob("run.json"))
+    plan = json.loads((tmp_path / "sp" / "speed_plan.json").read_text())
+    keys = sorted((p["key"]["cell"], p["key"]["batch_size"]) for p in plan["points"])
+    assert keys == [("gru", 1), ("gru", 4), ("rnn", 1), ("rnn", 4)]  # seeds do not make speed points
+    assert plan["threads"] == 1 and plan["rounds"] == 2
+    speed = pd.read_parquet(tmp_path / "sp" / "speed.parquet")
+    assert len(speed) == 4 * 2
+    assert set(speed["round"]) == {0, 1} or set(speed["round"]) == {1, 2}
