@@ -52,6 +52,7 @@ def measure_point(
         f"num_steps={ns}",
         "budget.kind=updates",
         "measure.enabled=false",
+        "measure.noise_scale=false",  # untimed, but it would lengthen the bench for nothing
         f"device={device.type}",
         f"task.train_tokens={train_tokens}",
         "progress_every_s=1e9",

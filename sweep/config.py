@@ -99,6 +99,9 @@ class MeasureConfig:
     context_positions: int = 512  # held-out target positions, the same for every context length
     horizon_max_k: int = 128  # gradient horizon: k = 0 .. horizon_max_k
     horizon_fraction: float = 0.01  # horizon: the largest k whose gradient norm is >= this x the peak
+    # smallest log-slope per step of the gradient profile that counts as growth or decay: a profile whose slope
+    # interval lies inside +-flat_slope is "flat" and never read as a learned length (docs/measures.md)
+    flat_slope: float = 0.01
     horizon_windows: int = 16  # held-out windows (of horizon_max_k + 1 tokens) averaged
     probe: bool = True  # linear-probe memory: decode the input at t - k from h_t
     probe_max_k: int = 64  # probe k = 0 .. probe_max_k
@@ -224,6 +227,7 @@ def validate(cfg: DictConfig) -> None:
     abs_tol = m.context_abs_tolerance
     _need(abs_tol >= 0, "measure.context_abs_tolerance", "must be >= 0", abs_tol)
     _need(0 < m.horizon_fraction < 1, "measure.horizon_fraction", "must be in (0, 1)", m.horizon_fraction)
+    _need(m.flat_slope > 0, "measure.flat_slope", "must be > 0", m.flat_slope)
     _need(m.horizon_max_k >= 0, "measure.horizon_max_k", "must be >= 0", m.horizon_max_k)
     _need(0 < m.ci_level < 1, "measure.ci_level", "must be in (0, 1)", m.ci_level)
     _need(0 <= m.chance_margin < 1, "measure.chance_margin", "must be in [0, 1)", m.chance_margin)
@@ -243,9 +247,9 @@ def validate(cfg: DictConfig) -> None:
         m.noise_small,
     )
     _need(
-        len(m.growth_lengths) >= 2 and all(isinstance(v, int) and v > 0 for v in m.growth_lengths),
+        len(set(m.growth_lengths)) >= 2 and all(isinstance(v, int) and v > 0 for v in m.growth_lengths),
         "measure.growth_lengths",
-        "must be a list of at least two positive integers",
+        "must be a list of at least two distinct positive integers",
         list(m.growth_lengths),
     )
     tp = cfg.eval.target_perplexity

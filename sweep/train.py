@@ -1,27 +1,30 @@
 """The truncated-BPTT training loop, readable top to bottom: config -> task stream -> model -> updates -> result.
 
-Semantics (../shared/DESIGN.md): the stream is cut into batch_size rows; each update takes the next num_steps
-columns; the state is carried across windows and detached, and reset at the start of each pass; the loss is the
-mean cross-entropy per target token; the recorded gradient norm is the global L2 norm before clipping.
+Semantics (docs/protocol.md, "Training semantics"): the stream is cut into batch_size rows; each update takes
+the next num_steps columns; the state is carried across windows and detached, and reset at the start of each pass;
+the loss is the mean cross-entropy per target token; the recorded gradient norm is the global L2 norm before
+clipping.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from sweep.config import effective_lr
 from sweep.data import IGNORE, get_batch, num_windows, repackage_hidden
-from sweep.model import RecurrentModel, sequence_loss
+from sweep.model import RecurrentModel, State, sequence_loss
 from sweep.tasks import TaskData, make_task
 
 log = logging.getLogger(__name__)
@@ -78,10 +81,140 @@ def build_optimizer(cfg: DictConfig, model: torch.nn.Module) -> torch.optim.Opti
     return torch.optim.Adam(model.parameters(), lr=lr)
 
 
-def window_forward(model: RecurrentModel, x: torch.Tensor, state):
+def window_forward(model: RecurrentModel, x: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
     """One training window: the carried state is detached first, so this window's loss cannot send gradient
     into earlier windows (truncated BPTT), while the forward pass still sees everything before it."""
     return model(x, repackage_hidden(state))
+
+
+Update = Callable[[torch.Tensor, torch.Tensor, State, bool], tuple[torch.Tensor, torch.Tensor, State, Any]]
+
+
+def make_update(
+    model: RecurrentModel,
+    optimizer: torch.optim.Optimizer,
+    params: list[torch.nn.Parameter],
+    clip: float,
+    groups: dict[str, list[torch.nn.Parameter]] | None = None,
+) -> Update:
+    """The one training update, shared by train() and the speed phase (sweep/speed.py) so that both time the
+    same work: `update(x, y, state, group_norms) -> (loss, pre-clip grad norm, new state, group norms | None)`.
+
+    loss and norm stay device tensors (no host sync per update); the per-group norms, when asked for, are
+    taken after backward and before clipping, like the global norm.
+    """
+
+    def update(x: torch.Tensor, y: torch.Tensor, state: State, group_norms: bool = False):
+        logits, state = window_forward(model, x, state)
+        loss = sequence_loss(logits, y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        by_group = _group_norms(groups) if group_norms and groups is not None else None
+        norm = torch.nn.utils.clip_grad_norm_(params, clip, foreach=True)  # returns the pre-clip norm
+        optimizer.step()
+        return loss.detach(), norm.detach(), state, by_group
+
+    return update
+
+
+class WindowStream:
+    """The training stream in update order: passes over the rows, windows of num_steps columns in each.
+
+    `next_window(state)` returns the next window that has a target together with the state to feed it: the
+    state is reset to zeros at the start of every pass, and windows without any defined target (the first
+    `lag` columns of a pass on echo/lags) are run forward without gradient, carrying the state, with no update.
+    The speed phase uses `ready`/`prepare`/`take` to leave those forward-only steps out of its timed segments.
+    """
+
+    def __init__(self, model: RecurrentModel, inputs: torch.Tensor, targets: torch.Tensor, num_steps: int) -> None:
+        self.model, self.inputs, self.targets, self.num_steps = model, inputs, targets, num_steps
+        self.batch_size, self.device = inputs.shape[0], inputs.device
+        self.windows = num_windows(inputs, num_steps)
+        column_has_target = (targets != IGNORE).any(dim=0).any(dim=0)[: self.windows * num_steps]
+        self.has_target = column_has_target.view(self.windows, num_steps).any(dim=1).tolist()
+        if not any(self.has_target):  # check_task rules this out; without it a pass would never yield a window
+            raise RuntimeError("no training window of the stream has a target")
+        self.passes = 0
+        self.index = self.windows  # the first call starts pass 1
+
+    @property
+    def ready(self) -> bool:
+        """The current window has a target and lies in the current pass: `take` may be called without `prepare`."""
+        return self.index < self.windows and self.has_target[self.index]
+
+    def prepare(self, state: State | None) -> State:
+        """Move to the next window with a target: start a new pass (state reset) if this one is used up, and
+        run the target-less windows forward, carrying the state. Returns the state to feed that window."""
+        while True:
+            if self.index >= self.windows:
+                self.passes += 1
+                self.index = 0
+                state = self.model.init_state(self.batch_size, self.device)  # reset at the start of each pass
+            if self.has_target[self.index]:
+                return state
+            x, _ = get_batch(self.inputs, self.targets, self.index, self.num_steps)
+            with torch.no_grad():
+                _, state = self.model(x, state)
+            self.index += 1
+
+    def take(self) -> tuple[torch.Tensor, torch.Tensor]:
+        x, y = get_batch(self.inputs, self.targets, self.index, self.num_steps)
+        self.index += 1
+        return x, y
+
+    def next_window(self, state: State | None) -> tuple[torch.Tensor, torch.Tensor, State]:
+        # `ready` and `take` inlined: this runs once per update of train(), where every Python call shows
+        i = self.index
+        if i >= self.windows or not self.has_target[i]:
+            state = self.prepare(state)
+            i = self.index
+        self.index = i + 1
+        x, y = get_batch(self.inputs, self.targets, i, self.num_steps)
+        return x, y, state
+
+
+class TrainClock:
+    """Training seconds, with evaluation and measures left out: `pause()` before them, `resume()` after.
+
+    On CUDA the device is synchronised before the clock is read at a pause, so queued kernels are counted."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device, self.done, self.start = device, 0.0, 0.0
+
+    def resume(self) -> None:
+        sync(self.device)
+        self.start = time.perf_counter()
+
+    def pause(self) -> float:
+        sync(self.device)
+        self.done += time.perf_counter() - self.start
+        return self.done
+
+    def at(self, now: float) -> float:
+        """Seconds so far at perf_counter reading `now`, without a sync (kernels may still be queued)."""
+        return self.done + now - self.start
+
+    def read(self) -> float:
+        """Seconds so far, after a sync: everything launched until now counted."""
+        sync(self.device)
+        return self.done + time.perf_counter() - self.start
+
+
+class Schedule:
+    """Points (fractions of the budget) at which training stops for untimed work; at most one fires a check."""
+
+    def __init__(self, fractions: list[float]) -> None:
+        self.left = list(fractions)
+
+    @property
+    def next(self) -> float:
+        return self.left[0] if self.left else math.inf
+
+    def due(self, frac: float) -> bool:
+        if self.left and frac >= self.left[0]:
+            self.left.pop(0)
+            return True
+        return False
 
 
 @torch.no_grad()
@@ -127,35 +260,70 @@ def _finite_or_none(x: float) -> float | None:
     return float(x) if x is not None and math.isfinite(x) else None
 
 
-def train(cfg: DictConfig, measure_fn=None) -> TrainResult:
-    """Train one grid point; `measure_fn(model, data, cfg, device) -> (scalars, profiles)` runs at the end."""
-    device = resolve_device(cfg.device)
+@dataclass
+class Setup:
+    """What an update needs, built from the config in the same order (and so from the same RNG draws) by
+    train() and by the speed phase: data, network, optimizer, the update function and the training stream."""
+
+    data: TaskData
+    model: RecurrentModel
+    optimizer: torch.optim.Optimizer
+    update: Update
+    stream: WindowStream
+    clip: float
+    groups: dict[str, list[torch.nn.Parameter]]
+
+
+def build_setup(cfg: DictConfig, device: torch.device) -> Setup:
+    """Seed, then task data, model (its initial weights are the first RNG draws), optimizer, update, stream."""
     seed_everything(cfg.seed)
     data = make_task(cfg)
     model = build_model(cfg, data).to(device)
     optimizer = build_optimizer(cfg, model)
-    params = list(model.parameters())
     groups = model.param_groups()
     clip = cfg.optim.clip if cfg.optim.clip > 0 else math.inf
+    update = make_update(model, optimizer, list(model.parameters()), clip, groups)
+    inputs, targets = (t.to(device) for t in data.rows("train", cfg.batch_size))
+    return Setup(data, model, optimizer, update, WindowStream(model, inputs, targets, cfg.num_steps), clip, groups)
+
+
+def _untimed(device: torch.device):
+    """Work at an evaluation point must leave the training trajectory alone: RNG streams restored after it."""
+    return torch.random.fork_rng(devices=[device] if device.type == "cuda" else [])
+
+
+def _noise_scale(cfg: DictConfig):
+    """sweep.noise_scale.noise_scale_at when the config asks for it at evaluation points, else None."""
+    if not OmegaConf.select(cfg, "measure.noise_scale", default=False):
+        return None
+    from sweep.noise_scale import noise_scale_at  # imported lazily: only runs that measure it pay for it
+
+    return noise_scale_at
+
+
+def train(cfg: DictConfig, measure_fn=None) -> TrainResult:
+    """Train one grid point (semantics: docs/protocol.md).
+
+    `measure_fn(model, data, cfg, device, initial=<the network as initialised>) -> (scalars, profiles)` runs at
+    the end and at `measure.checkpoints` points during training; evaluation, the gradient noise scale and the
+    measures run outside the training clock and restore the RNG state, so they cannot change the trajectory.
+    """
+    device = resolve_device(cfg.device)
+    run = build_setup(cfg, device)
+    data, model, update, stream = run.data, run.model, run.update, run.stream
+    initial_model = copy.deepcopy(model) if measure_fn is not None else None  # before any update; no RNG used
+    noise_fn = _noise_scale(cfg)
     # Cross-entropy starts near ln(V); a loss this many times larger (or NaN/inf) will not come back.
     max_loss = cfg.divergence_factor * math.log(data.out_vocab)
     batch_size, num_steps = cfg.batch_size, cfg.num_steps
 
-    inputs, targets = (t.to(device) for t in data.rows("train", batch_size))
     valid_inputs, valid_targets = (t.to(device) for t in data.rows("valid", cfg.eval.rows))
     if cfg.eval.max_tokens:  # a long held-out text evaluated at every point would cost more than the training
         cols = max(1, cfg.eval.max_tokens // cfg.eval.rows)
         valid_inputs, valid_targets = valid_inputs[:, :cols], valid_targets[..., :cols]
-    windows = num_windows(inputs, num_steps)
-    # Windows whose targets are all undefined (the first `lag` columns of a pass) carry the state forward
-    # but make no update: there is no loss to take a gradient of.
-    column_has_target = (targets != IGNORE).any(dim=0).any(dim=0)[: windows * num_steps]
-    has_target = column_has_target.view(windows, num_steps).any(dim=1).tolist()
-    if not any(has_target):  # check_task rules this out; without it the pass loop below would never end
-        raise RuntimeError("no training window of the stream has a target")
-    eval_at = [k / cfg.eval.points for k in range(1, cfg.eval.points)]  # the last evaluation is at the end
+    eval_at = Schedule([k / cfg.eval.points for k in range(1, cfg.eval.points)])  # the last one is at the end
     checkpoints = cfg.measure.checkpoints if measure_fn is not None else 0
-    measure_at = [k / (checkpoints + 1) for k in range(1, checkpoints + 1)]
+    measure_at = Schedule([k / (checkpoints + 1) for k in range(1, checkpoints + 1)])
     checkpoint_scalars: list[dict[str, Any]] = []
     checkpoint_profiles: list[pd.DataFrame] = []
 
@@ -164,8 +332,8 @@ def train(cfg: DictConfig, measure_fn=None) -> TrainResult:
     times: list[float] = []
     group_rows: list[dict[str, float]] = []
     evals: list[dict[str, Any]] = []
-    updates = tokens = passes = 0
-    train_clock = 0.0  # training seconds so far, evaluation excluded
+    updates = tokens = 0
+    clock = TrainClock(device)  # training seconds, evaluation and measures excluded
     warm_tokens, warm_time = 0, 0.0
     status, diverged_at = "complete", None
     last_log = time.perf_counter()
@@ -178,67 +346,58 @@ def train(cfg: DictConfig, measure_fn=None) -> TrainResult:
 
     def run_eval() -> None:
         result = evaluate(model, valid_inputs, valid_targets)
-        evals.append({"step": updates, "tokens": tokens, "time_s": train_clock, **result})
+        row = {"step": updates, "tokens": tokens, "time_s": clock.done, **result}
+        if noise_fn is not None:
+            with _untimed(device):
+                row.update(noise_fn(model, data, cfg, device))
+        evals.append(row)
 
-    sync(device)
-    segment_start = time.perf_counter()
-    done = False
-    while not done:
-        passes += 1
-        state = model.init_state(batch_size, device)  # reset at the start of each pass over the data
-        for i in range(windows):
-            x, y = get_batch(inputs, targets, i, num_steps)
-            if not has_target[i]:
-                with torch.no_grad():
-                    _, state = model(x, state)
-                continue
-            logits, state = window_forward(model, x, state)
-            loss = sequence_loss(logits, y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if updates % group_norm_every == 0:
-                group_rows.append({"step": updates, **_group_norms(groups)})
-            norm = torch.nn.utils.clip_grad_norm_(params, clip, foreach=True)  # returns the pre-clip norm
-            optimizer.step()
-            losses.append(loss.detach())
-            norms.append(norm.detach())
-            updates += 1
-            tokens += tokens_per_update
-            now = time.perf_counter()
-            times.append(train_clock + now - segment_start)
-            if updates == warmup_updates:
-                sync(device)
-                warm_tokens, warm_time = tokens, train_clock + time.perf_counter() - segment_start
-            if updates % group_norm_every == 0 and _diverged(losses, norms, group_norm_every, max_loss):
-                status = "diverged"
-            frac = _progress(budget_kind, budget_amount, tokens, updates, times[-1])
-            if status == "diverged" or frac >= 1.0:
-                done = True
-                break
-            if (eval_at and frac >= eval_at[0]) or (measure_at and frac >= measure_at[0]):
-                sync(device)
-                train_clock += time.perf_counter() - segment_start  # evaluation and measures are not timed
-                if eval_at and frac >= eval_at[0]:
-                    eval_at.pop(0)
-                    run_eval()
-                if measure_at and frac >= measure_at[0]:
-                    measure_at.pop(0)
-                    scalars, prof = measure_fn(model, data, cfg, device)
-                    checkpoint_scalars.append({"step": updates, "tokens": tokens, **scalars})
-                    checkpoint_profiles.append(prof.assign(step=updates))
-                segment_start = time.perf_counter()
-            if now - last_log >= progress_every_s:
-                last_log = now
-                log.info(
-                    "%s %5.1f%%  update %d  loss %.4f  %.0f tok/s",
-                    cfg.model.cell,
-                    100 * frac,
-                    updates,
-                    loss.item(),
-                    tokens / max(times[-1], 1e-9),
-                )
-    sync(device)
-    train_clock += time.perf_counter() - segment_start
+    def run_measures() -> tuple[dict[str, Any], pd.DataFrame]:
+        with _untimed(device):
+            return measure_fn(model, data, cfg, device, initial=initial_model)
+
+    state = None
+    next_stop = min(eval_at.next, measure_at.next)  # one float compare per update instead of two list checks
+    clock.resume()
+    while True:
+        x, y, state = stream.next_window(state)
+        loss, norm, state, by_group = update(x, y, state, updates % group_norm_every == 0)
+        if by_group is not None:
+            group_rows.append({"step": updates, **by_group})
+        losses.append(loss)
+        norms.append(norm)
+        updates += 1
+        tokens += tokens_per_update
+        now = time.perf_counter()
+        times.append(clock.at(now))
+        if updates == warmup_updates:
+            warm_tokens, warm_time = tokens, clock.read()
+        if updates % group_norm_every == 0 and _diverged(losses, norms, group_norm_every, max_loss):
+            status = "diverged"
+        frac = _progress(budget_kind, budget_amount, tokens, updates, times[-1])
+        if status == "diverged" or frac >= 1.0:
+            break
+        if frac >= next_stop:
+            clock.pause()  # evaluation and measures are not timed
+            if eval_at.due(frac):
+                run_eval()
+            if measure_at.due(frac):
+                scalars, prof = run_measures()
+                checkpoint_scalars.append({"step": updates, "tokens": tokens, **scalars})
+                checkpoint_profiles.append(prof.assign(step=updates))
+            next_stop = min(eval_at.next, measure_at.next)
+            clock.resume()
+        if now - last_log >= progress_every_s:
+            last_log = now
+            log.info(
+                "%s %5.1f%%  update %d  loss %.4f  %.0f tok/s",
+                cfg.model.cell,
+                100 * frac,
+                updates,
+                loss.item(),
+                tokens / max(times[-1], 1e-9),
+            )
+    train_clock = clock.pause()
 
     loss_arr = torch.stack(losses).float().cpu().numpy() if losses else np.zeros(0)
     norm_arr = torch.stack(norms).float().cpu().numpy() if norms else np.zeros(0)
@@ -253,7 +412,7 @@ def train(cfg: DictConfig, measure_fn=None) -> TrainResult:
             "time_s": np.asarray(times[: len(loss_arr)]),
             "loss": loss_arr,
             "grad_norm": norm_arr,
-            "clipped": norm_arr > clip,
+            "clipped": norm_arr > run.clip,
         }
     )
     if group_rows:
@@ -264,12 +423,12 @@ def train(cfg: DictConfig, measure_fn=None) -> TrainResult:
     if status == "complete":
         run_eval()
         if measure_fn is not None:
-            measures, final_profiles = measure_fn(model, data, cfg, device)
+            measures, final_profiles = run_measures()
             profiles = pd.concat([*checkpoint_profiles, final_profiles.assign(step=len(loss_arr))], ignore_index=True)
             if checkpoint_scalars:
                 measures["measure_checkpoints"] = checkpoint_scalars
 
-    summary = _summarize(cfg, data, steps, evals, train_clock, warm_tokens, warm_time, passes)
+    summary = _summarize(cfg, data, steps, evals, train_clock, warm_tokens, warm_time, stream.passes)
     summary.update(measures)
     summary["diverged_at_step"] = diverged_at
     return TrainResult(status, summary, steps, _evals_frame(evals, data), profiles, model, data)
@@ -291,6 +450,9 @@ def _diverged(losses: list[torch.Tensor], norms: list[torch.Tensor], last: int, 
     return not bool(finite & (recent_loss <= max_loss).all())
 
 
+_EVAL_OWN = ("step", "tokens", "time_s", "loss", "accuracy", "count")
+
+
 def _evals_frame(evals: list[dict[str, Any]], data: TaskData) -> pd.DataFrame:
     rows = []
     for e in evals:
@@ -300,8 +462,34 @@ def _evals_frame(evals: list[dict[str, Any]], data: TaskData) -> pd.DataFrame:
                 row[f"acc_lag_{lag}"] = acc
         else:
             row["accuracy"] = e["accuracy"][0]
+        # anything measured at the evaluation point (the gradient noise scale) gets its own columns
+        row.update({k: v for k, v in e.items() if k not in _EVAL_OWN})
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def late_jitter(loss: np.ndarray, grad_norm: np.ndarray) -> dict[str, float | None]:
+    """How erratic the second half of training is (claim C7): the median update-to-update change of the loss
+    (nats), that change relative to the median loss, and the coefficient of variation of the pre-clip norm.
+
+    The second half leaves out the fast early descent, whose large steps would read as jitter. Medians, so a
+    few spikes do not decide it; the norm's CV uses the sample standard deviation. None when fewer than 4
+    updates, or when the values are not finite (a diverged run).
+    """
+    none = {"loss_jitter": None, "loss_jitter_rel": None, "grad_norm_cv_late": None}
+    n = len(loss)
+    if n < 4:
+        return none
+    late_loss, late_norm = loss[n // 2 :].astype(np.float64), grad_norm[n // 2 :].astype(np.float64)
+    if not (np.isfinite(late_loss).all() and np.isfinite(late_norm).all()):
+        return none
+    jitter = float(np.median(np.abs(np.diff(late_loss))))
+    level, mean_norm = float(np.median(late_loss)), float(np.mean(late_norm))
+    return {
+        "loss_jitter": jitter,
+        "loss_jitter_rel": jitter / level if level > 0 else None,
+        "grad_norm_cv_late": float(np.std(late_norm, ddof=1)) / mean_norm if mean_norm > 0 else None,
+    }
 
 
 def _summarize(
@@ -335,6 +523,7 @@ def _summarize(
         "grad_norm_p99": _finite_or_none(float(np.percentile(norms, 99))),
         "grad_norm_median": _finite_or_none(float(np.median(norms))),
         "clip_fraction": float(steps["clipped"].mean()) if n else 0.0,
+        **late_jitter(steps["loss"].to_numpy(), steps["grad_norm"].to_numpy()),
         "lr": effective_lr(cfg),
         "chance_accuracy": data.chance,
         "task_info": data.info,

@@ -24,6 +24,7 @@ TINY = [
     "model.hidden_size=8",
     "model.embedding_size=4",
     "measure.enabled=false",
+    "measure.noise_scale=false",
     "warmup_updates=2",
     "eval.points=2",
 ]

@@ -1,9 +1,11 @@
-"""Each dependency-length measure against networks whose answer is known (issue 3, "Done means" 1 and 2).
+"""Each measure of docs/measures.md against networks whose answer is known.
 
 - a hand-built delay line: an RNN whose hidden state is a shift register of one-hot slots, with heads that
   read chosen slots, so it recalls exactly the lags it is wired for;
 - an RNN with zero recurrent weights: its output at t depends on x_t alone;
-- a randomly initialised LSTM: it keeps a little recent information and uses none of it;
+- randomly initialised LSTM/GRU/RNN and a network trained where it cannot learn: they use no context;
+- a hand-built LSTM that keeps inputs in its cell state while its output h is exactly zero;
+- an RNN whose backward Jacobian has gain 1.5: its window gradient grows with the window length;
 - (slow) LSTMs trained on echo lag 8 at num_steps 16 and 4.
 """
 
@@ -16,12 +18,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from sweep import measures
 from sweep.config import Config, ConfigError, validate
 from sweep.measures import FULL_CONTEXT, measure_all
-from sweep.model import RecurrentModel
+from sweep.model import RecurrentModel, sequence_loss
 from sweep.tasks import TaskData
 
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
@@ -37,8 +39,9 @@ def measure_cfg(rows: int = 8, **measure: object) -> DictConfig:
     """The schema's defaults with the given measure.* overrides (measure_all reads only measure and eval)."""
     cfg = OmegaConf.structured(Config)
     cfg.eval.rows = rows
-    for key, value in measure.items():
-        cfg.measure[key] = value
+    with open_dict(cfg):  # keys the schema may not have yet (measure_all reads them with defaults)
+        for key, value in measure.items():
+            cfg.measure[key] = value
     return cfg
 
 
@@ -112,12 +115,17 @@ def test_delay_line_measures_its_own_lag():
     assert summary["span"] == lag
     assert summary["memory_capacity"] == pytest.approx(1.0, abs=0.02)
 
-    # the target at t is x_{t-5}: five tokens of context leave it unknown, six give the full-context loss
+    # the target at t is x_{t-5}: with five real tokens the head reads a noise token (confidently wrong 3 times
+    # in 4); with six it reads the real one, so every paired difference is exactly 0
     context = rows_of(frame, "context")
-    assert context.loc[lag, "value"] == pytest.approx(math.log(4), abs=0.01)
-    assert context.loc[lag + 1, "value"] == pytest.approx(context.loc[FULL_CONTEXT, "value"], abs=1e-4)
+    full = context.loc[FULL_CONTEXT, "value"]
+    assert (context.loc[1:lag, "value"] > full + 5).all()
+    assert (context.loc[1:lag, "p_value"] < 1e-6).all()
+    assert (context.loc[lag + 1 : 12, "value"] == full).all()
+    assert (context.loc[lag + 1 : 12, "p_value"] == 1.0).all()
     assert summary["effective_context"] == lag + 1
     assert summary["effective_context_censored"] is False
+    assert summary["context_method"] == "warm-unigram"
 
     # only e_{t-5} reaches the output: the gradient is exactly zero at every other distance
     gradient = rows_of(frame, "gradient")
@@ -222,24 +230,81 @@ def test_interface_is_json_and_tidy(random_lstm_result):
         "memory_capacity": float,
         "effective_context": int,
         "effective_context_censored": bool,
+        "context_method": str,
         "full_context_loss": float,
         "gradient_horizon": int,
+        "gradient_horizon_censored": bool,
+        "gradient_flat": bool,
         "gradient_explodes": bool,
         "gradient_log_slope": float,
+        "gradient_log_slope_ci_low": float,
+        "gradient_log_slope_ci_high": float,
+        "gradient_peak_norm": float,
         "probe_span": int,
+        "probe_span_cell": int,
+        "growth_slope": float,
+        "growth_slope_ci_low": float,
+        "growth_slope_ci_high": float,
+        "growth_ratio": float,
         "measure_seconds": float,
     }
     for key, kind in expected.items():
         assert type(summary[key]) is kind, key
+    for key in ("growth_slope", "growth_slope_ci_low", "growth_slope_ci_high", "growth_ratio"):
+        assert summary[f"{key}_initial"] is None  # no initial network given
     assert list(frame.columns) == measures.COLUMNS
-    assert set(frame["measure"]) == {"recall", "context", "gradient", "probe"}
+    assert set(frame["measure"]) == {"recall", "context", "gradient", "probe", "probe_cell", "growth"}
+    assert set(frame["net"]) == {"trained"}
     context = rows_of(frame, "context")
     assert list(context.index) == [1, 2, 4, 8, 16, 32, 64, 128, FULL_CONTEXT]
+    assert context.loc[:128, "p_value"].between(0, 1).all() and np.isnan(context.loc[FULL_CONTEXT, "p_value"])
+    assert frame.loc[frame["measure"] != "context", "p_value"].isna().all()
     assert summary["full_context_loss"] == pytest.approx(context.loc[FULL_CONTEXT, "value"])
     assert list(rows_of(frame, "gradient").index) == list(range(129))
+    assert list(rows_of(frame, "growth").index) == [4, 8, 16, 32, 64, 128]
+    assert (rows_of(frame, "growth")["n"] == 8).all()
     bounded = frame.dropna(subset=["ci_low"])
     assert (bounded["ci_low"] <= bounded["value"] + 1e-12).all()
     assert (bounded["value"] <= bounded["ci_high"] + 1e-12).all()
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+def test_untrained_network_uses_no_context(cell):
+    """A random network's output barely depends on its inputs, and a warm state is one it is used to: the
+    ablation must not read that as context use (a zero-state restart did, up to d = 128)."""
+    torch.manual_seed(3)
+    lags = [1, 2, 4, 8]
+    model = RecurrentModel(cell, 4, 4, len(lags), embedding_size=32, hidden_size=64)
+    summary, _ = measure_all(model, symbol_task(lags, valid_tokens=1 << 13), measure_cfg(rows=16), "cpu")
+    assert summary["effective_context"] <= 2
+    assert summary["effective_context_censored"] is False
+    assert (summary["probe_span_cell"] is None) is (cell != "lstm")
+
+
+def test_network_at_chance_uses_no_context():
+    """An LSTM trained on echo lag 8 with windows of 4 tokens never gets a gradient from a target to its
+    source: it stays at chance, and its effective context must say so."""
+    torch.manual_seed(0)
+    data = symbol_task([8], valid_tokens=1 << 13, seed=1)
+    data.train = torch.randint(4, (1 << 14,), generator=torch.Generator().manual_seed(2))
+    model = RecurrentModel("lstm", 4, 4, 1, embedding_size=16, hidden_size=32)
+    opt = torch.optim.Adam(model.parameters(), lr=0.01)
+    inputs, targets = data.rows("train", 16)
+    state = None
+    for i in range(300):
+        cols = slice((i * 4) % inputs.shape[1], (i * 4) % inputs.shape[1] + 4)
+        if cols.start == 0:
+            state = None
+        logits, state = model(inputs[:, cols], state)
+        state = tuple(s.detach() for s in state)
+        loss = sequence_loss(logits, targets[:, :, cols])
+        if torch.isfinite(loss):  # the first windows of a pass have no target
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    summary, frame = measure_all(model, data, measure_cfg(rows=16), "cpu")
+    assert abs(rows_of(frame, "recall").loc[8, "value"] - 0.25) < 0.03  # at chance ...
+    assert summary["effective_context"] <= 2  # ... and using no context
 
 
 def test_measures_leave_the_model_and_rng_alone():
@@ -261,7 +326,7 @@ def test_short_held_out_rows_shrink_the_measures():
     """Rows of 40 tokens cannot hold a 64-token context or a 129-token gradient window: both shrink to fit."""
     model = zero_recurrence_rnn(10)
     summary, frame = measure_all(model, text_task(10, valid_tokens=8 * 40), measure_cfg(), "cpu")
-    assert rows_of(frame, "context").index.max() == 32
+    assert rows_of(frame, "context").index.max() == 16  # d = 16 reads 32 columns (16 of them noise) of 39
     assert rows_of(frame, "gradient").index.max() == 38  # 39 inputs per row (text: the last token is a target)
     assert summary["effective_context"] == 1
 
@@ -376,7 +441,7 @@ def test_bad_measure_config_is_rejected(compose, override):
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Trained networks (issue 3, "Done means" 2)
+# Trained networks
 
 
 @pytest.mark.slow
@@ -385,9 +450,10 @@ def test_num_steps_sets_the_learned_span_on_echo_lag_8(compose):
     window and the network learns it; at num_steps 4 it never does.
 
     Measured (seed 0, 1 thread): num_steps 16 -> span 8, gradient horizon 33 (peak at k = 8), effective
-    context 16; num_steps 4 -> span 0, effective context 1, and a gradient horizon censored at 128: the failed
-    network is a near-integrator whose flat, 50x smaller gradient reaches far but carries nothing it uses.
-    So the horizon alone does not separate the two; recall and context ablation do.
+    context 16; num_steps 4 -> span 0, effective context 1, and a gradient horizon censored at 128 with a flat
+    far half (log-slope -0.0015 per step, interval [-0.0033, 0.0003]): the failed network is a near-integrator
+    whose 50x smaller gradient reaches far but carries nothing it uses. The horizon alone does not separate
+    the two; its censoring and flatness flags, recall and context ablation do.
     """
     from sweep.train import train
 
@@ -422,3 +488,191 @@ def test_num_steps_sets_the_learned_span_on_echo_lag_8(compose):
     assert short["span"] == 0 and short["memory_capacity"] < 0.1
     assert short["effective_context"] < 8  # it uses less context than the lag needs
     assert short["gradient_peak_norm"] < long["gradient_peak_norm"] / 10
+    # the far-reaching horizon of the failed network is flagged, so it is never read as a learned length
+    assert short["gradient_horizon_censored"] or short["gradient_flat"]
+    assert not long["gradient_horizon_censored"] and not long["gradient_flat"]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Gradient growth with window length (claim C5)
+
+
+def gain_rnn(gain: float, vocab: int = 4, hidden: int = 8, seed: int = 0) -> RecurrentModel:
+    """A tanh RNN with no input weights (h stays exactly 0, where tanh' = 1) and W_hh = gain * I: its backward
+    Jacobian is exactly gain * I, so a window's gradient w.r.t. the input weights sums gain^k terms."""
+    torch.manual_seed(seed)
+    model = RecurrentModel("rnn", vocab, vocab, 1, embedding_size=vocab, hidden_size=hidden)
+    with torch.no_grad():
+        model.rnn.weight_ih_l0.zero_()
+        model.rnn.bias_ih_l0.zero_()
+        model.rnn.bias_hh_l0.zero_()
+        model.rnn.weight_hh_l0.copy_(gain * torch.eye(hidden))
+    return model
+
+
+def test_window_gradient_grows_with_recurrent_gain():
+    cfg = measure_cfg(growth_lengths=[2, 4, 8, 16], probe=False, contexts=[1, 2])
+    summary, frame = measure_all(gain_rnn(1.5), text_task(4), cfg, "cpu")
+    growth = rows_of(frame, "growth")
+    assert list(growth.index) == [2, 4, 8, 16]
+    assert growth["value"].is_monotonic_increasing
+    assert summary["growth_slope_ci_low"] > 0.5  # 1.5^16 / 16 against 1.5^2 / 2: a steep log-log slope
+    assert summary["growth_ratio"] > 20
+
+
+def test_window_gradient_of_a_network_without_recurrence_does_not_grow():
+    """Without recurrence the window's mean-per-token loss averages independent per-token gradients: its
+    norm can only fall (towards the norm of the expected gradient) as the window gets longer."""
+    summary, frame = measure_all(zero_recurrence_rnn(10), text_task(10), measure_cfg(probe=False), "cpu")
+    assert list(rows_of(frame, "growth").index) == [4, 8, 16, 32, 64, 128]
+    assert summary["growth_slope"] < 0
+    assert summary["growth_slope_ci_high"] < 0.05
+    assert summary["growth_ratio"] < 1
+
+
+def test_growth_is_measured_on_the_initial_network_too():
+    trained, initial = gain_rnn(1.5), zero_recurrence_rnn(4)
+    cfg = measure_cfg(growth_lengths=[2, 4, 8, 16], probe=False, contexts=[1, 2])
+    rng = torch.get_rng_state()
+    initial.train()
+    summary, frame = measure_all(trained, text_task(4), cfg, "cpu", initial=initial)
+    assert initial.training and all(p.grad is None for p in initial.parameters())
+    assert torch.equal(rng, torch.get_rng_state())
+    growth = frame[frame["measure"] == "growth"]
+    assert sorted(growth["net"].unique()) == ["initial", "trained"]
+    assert summary["growth_slope_ci_low"] > 0.5
+    assert summary["growth_slope_initial"] < 0 < summary["growth_slope"]
+    by_net = growth.set_index(["net", "k"])["value"]
+    assert by_net["initial", 16] < by_net["initial", 2]
+
+
+def test_growth_profile_slope_is_the_per_window_least_squares_slope():
+    lengths = [4, 8, 16, 32]
+    rng = np.random.default_rng(0)
+    slopes = np.array([0.5, 0.7, 0.6, 0.4, 0.8])
+    norms = np.exp(np.log(lengths)[None, :] * slopes[:, None] + rng.normal(0, 0.01, (5, 4)))
+    scalars, frame = measures.growth_profile(lengths, norms, 0.95, "trained")
+    assert scalars["growth_slope"] == pytest.approx(slopes.mean(), abs=0.02)
+    from scipy import stats
+
+    per_window = [stats.linregress(np.log(lengths), np.log(n)).slope for n in norms]
+    low, high = stats.t.interval(0.95, 4, loc=np.mean(per_window), scale=stats.sem(per_window))
+    assert (scalars["growth_slope_ci_low"], scalars["growth_slope_ci_high"]) == pytest.approx((low, high))
+    assert scalars["growth_ratio"] == pytest.approx(norms[:, -1].mean() / norms[:, 0].mean())
+    np.testing.assert_allclose(frame["value"], norms.mean(0))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# LSTM cell state
+
+
+def cell_only_lstm() -> RecurrentModel:
+    """An LSTM whose output gate is shut (sigmoid(-200) is exactly 0 in float32, so h = 0) while its cells
+    hold x_t (units 0-3: forget gate shut, c = one_hot(x_t)) and a decaying trace (units 4-7: forget gate
+    1/2, c = sum_j 2^-j one_hot(x_{t-j})); their difference is linear in one_hot(x_{t-1}) plus smaller terms."""
+    vocab = 4
+    model = RecurrentModel("lstm", vocab, vocab, 1, embedding_size=vocab, hidden_size=2 * vocab)
+    eye = torch.eye(vocab)
+    H = 2 * vocab
+    with torch.no_grad():
+        for p in model.parameters():
+            p.zero_()
+        model.embedding.weight.copy_(eye)
+        model.rnn.bias_ih_l0[:H] = 100.0  # input gate open
+        model.rnn.bias_ih_l0[H : H + vocab] = -200.0  # forget gate shut on units 0-3, 1/2 on units 4-7
+        model.rnn.weight_ih_l0[2 * H : 2 * H + vocab] = 100.0 * eye  # cell input: one_hot(x_t)
+        model.rnn.weight_ih_l0[2 * H + vocab : 3 * H] = 100.0 * eye
+        model.rnn.bias_ih_l0[3 * H :] = -200.0  # output gate shut
+    return model
+
+
+def test_probe_reads_the_lstm_cell_state():
+    cfg = measure_cfg(probe_max_k=4, contexts=[1, 2], horizon_max_k=8)
+    summary, frame = measure_all(cell_only_lstm(), symbol_task([1]), cfg, "cpu")
+    probe, cell = rows_of(frame, "probe"), rows_of(frame, "probe_cell")
+    assert (probe["value"] <= probe["chance"] + 0.05).all()  # h is exactly zero: nothing to decode
+    assert summary["probe_span"] == 0
+    assert (cell.loc[0:1, "value"] > 0.99).all()  # the cells hold x_t and x_{t-1}
+    assert summary["probe_span_cell"] >= 1
+
+
+def test_lstm_cell_states_match_the_fused_module():
+    torch.manual_seed(0)
+    model = RecurrentModel("lstm", 5, 5, 1, embedding_size=6, hidden_size=7, num_layers=2)
+    tokens = torch.randint(5, (3, 9))
+    state = (torch.randn(2, 3, 7), torch.randn(2, 3, 7))
+    with torch.no_grad():
+        emb = model.embedding(tokens)
+        hidden, _ = model.rnn(emb, state)
+        cells = measures.lstm_top_cells(model, emb, state, hidden, measures._lower_layers(model))
+        stepped, s = [], state
+        for t in range(tokens.shape[1]):  # the fused module, one column at a time
+            _, s = model.rnn(emb[:, t : t + 1], s)
+            stepped.append(s[1][-1])
+    torch.testing.assert_close(cells, torch.stack(stepped, 1), atol=1e-6, rtol=1e-5)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Missing heads, paired tests, slope intervals
+
+
+def test_a_head_without_held_out_targets_is_missing_not_wrong():
+    """Rows of 40 tokens hold no target for lag 64: that head is skipped, not counted at accuracy 0."""
+    lags = [1, 2, 64]
+    model = delay_line(4, lags, {1, 2}, slots=3)
+    summary, frame = measure_all(
+        model, symbol_task(lags, valid_tokens=8 * 40), measure_cfg(contexts=[1, 2, 3, 4]), "cpu"
+    )
+    recall = rows_of(frame, "recall")
+    assert recall.loc[64, "n"] == 0 and np.isnan(recall.loc[64, "value"])
+    assert summary["memory_capacity"] == pytest.approx(2.0, abs=0.05)  # would be 2 - 1/3 if counted as 0
+    assert summary["span"] == 2
+    assert summary["effective_context"] == 3  # the missing head constrains no position
+
+
+def test_paired_p_value_matches_scipy():
+    from scipy import stats
+
+    rng = np.random.default_rng(1)
+    full = rng.normal(1.0, 0.3, 50)
+    ablated = np.stack([full + rng.normal(0.05, 0.2, 50), full + rng.normal(-0.05, 0.2, 50)])
+    p = measures.paired_greater_p(ablated, full[None, :])
+    ref = [stats.ttest_rel(a, full, alternative="greater").pvalue for a in ablated]
+    np.testing.assert_allclose(p, ref, rtol=1e-10)
+    assert measures.paired_greater_p(full[None, :], full[None, :])[0] == 1.0
+
+
+def test_slope_interval_matches_scipy():
+    from scipy import stats
+
+    x = np.arange(10.0)
+    y = 0.3 * x + np.random.default_rng(2).normal(0, 0.5, 10)
+    slope, low, high = measures.slope_ci(x, y, 0.9)
+    fit = stats.linregress(x, y)
+    half = stats.t.ppf(0.95, 8) * fit.stderr
+    assert (slope, low, high) == pytest.approx((fit.slope, fit.slope - half, fit.slope + half))
+
+
+def test_flat_and_exploding_need_the_slope_interval():
+    k = np.arange(41, dtype=float)
+    wiggle = 1 + 0.01 * np.sin(k)
+    # a near-integrator: the far-half slope's interval lies inside +-0.01 per step
+    flat = measures.gradient_summary(0.3 * wiggle, 0.01, flat_slope=0.01)
+    assert flat["gradient_flat"] is True and flat["gradient_explodes"] is False
+    assert flat["gradient_horizon_censored"] is True
+    assert -0.01 <= flat["gradient_log_slope_ci_low"] <= flat["gradient_log_slope_ci_high"] <= 0.01
+    # growing for sure (interval above 0) but by less than the minimum effect: flat, not exploding
+    slow = measures.gradient_summary(np.exp(0.005 * k) * wiggle, 0.01, flat_slope=0.01)
+    assert slow["gradient_log_slope_ci_low"] > 0
+    assert slow["gradient_explodes"] is False and slow["gradient_flat"] is True
+    # the same profile against a smaller minimum effect explodes, and is no longer flat
+    strict = measures.gradient_summary(np.exp(0.005 * k) * wiggle, 0.01, flat_slope=0.001)
+    assert strict["gradient_explodes"] is True and strict["gradient_flat"] is False
+    # noisy growth whose interval reaches below the minimum effect does not count as exploding
+    noisy = np.exp(0.025 * k + np.random.default_rng(5).normal(0, 0.3, len(k)))
+    assert noisy[-1] >= noisy[:21].max()  # so only the interval can stop it
+    loose = measures.gradient_summary(noisy, 0.01, flat_slope=0.01)
+    assert loose["gradient_log_slope"] > 0.01 and loose["gradient_log_slope_ci_low"] < 0.01
+    assert loose["gradient_explodes"] is False
+    decay = measures.gradient_summary(0.5**k, 0.01)
+    assert decay["gradient_flat"] is False

@@ -1,17 +1,21 @@
-"""The semantics DESIGN.md says must be exact: stream layout, truncation at window boundaries, loss, norms, seeds."""
+"""The semantics docs/protocol.md says must be exact: stream layout, carried state, truncation at window boundaries,
+loss, norms, budgets, seeds."""
 
 from __future__ import annotations
 
 import math
+import sys
+import types
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
 from sweep.data import IGNORE, batchify, get_batch, num_windows, repackage_hidden
 from sweep.model import RecurrentModel, sequence_loss
-from sweep.tasks import TaskData
-from sweep.train import train, window_forward
+from sweep.tasks import TaskData, make_task
+from sweep.train import build_model, late_jitter, seed_everything, train, window_forward
 from tests.conftest import TINY
 
 
@@ -151,3 +155,161 @@ def test_lr_scaling_rules(make_cfg):
     assert effective_lr(make_cfg(*base, "optim.lr_scaling=linear")) == pytest.approx(0.04)
     assert effective_lr(make_cfg(*base, "optim.lr_scaling=sqrt")) == pytest.approx(0.02)
     assert math.isclose(train(make_cfg(*TINY, *base, "optim.lr_scaling=sqrt")).summary["lr"], 0.02)
+
+
+# --- the loop itself: carried state, budgets, untimed work, erratic-training summary ---------------------------
+
+_CARRY = [
+    "task=echo",
+    "task.lag=2",  # every window of 4 columns has a target: no forward-only windows to account for
+    "task.train_tokens=64",  # 2 rows of 32 -> 8 windows a pass
+    "task.valid_tokens=1024",
+    "batch_size=2",
+    "num_steps=4",
+    "budget=updates",
+    "budget.amount=20",  # passes of 8, 8 and 4 updates
+    "model.hidden_size=8",
+    "model.embedding_size=4",
+    "measure.enabled=false",
+    "measure.noise_scale=false",
+    "eval.points=2",
+]
+
+
+def test_train_itself_feeds_each_window_the_detached_state_the_previous_window_returned(make_cfg, monkeypatch):
+    calls: list[dict] = []
+    original = RecurrentModel.forward
+
+    def recording(self, tokens, state=None):
+        logits, out = original(self, tokens, state)
+        if self.training:  # evaluation runs in eval mode on the held-out stream: not a training window
+            h_in = state[0] if isinstance(state, tuple) else state
+            h_out = out[0] if isinstance(out, tuple) else out
+            calls.append({"x": tokens.clone(), "h_in": h_in.clone(), "grad_in": h_in.requires_grad,
+                          "h_out": h_out.detach().clone()})  # fmt: skip
+        return logits, out
+
+    monkeypatch.setattr(RecurrentModel, "forward", recording)
+    cfg = make_cfg(*_CARRY, "model=lstm")
+    result = train(cfg)
+    assert len(calls) == result.summary["updates"] == 20 and result.summary["passes"] == 3
+
+    inputs, _ = make_task(cfg).rows("train", 2)
+    for i, call in enumerate(calls):
+        window = i % 8
+        assert torch.equal(call["x"], inputs[:, 4 * window : 4 * window + 4])  # windows in stream order
+        assert not call["grad_in"]  # detached: no gradient can flow into the previous window
+        if window == 0:  # the start of a pass: a fresh zero state
+            assert torch.count_nonzero(call["h_in"]) == 0, i
+        else:
+            # exactly what the previous window returned. A train() that zeroed the state every window would
+            # pass zeros here while the previous window's output is not zero (checked next), so it would fail;
+            # one that never reset would fail the zero check at windows 8 and 16.
+            assert torch.equal(call["h_in"], calls[i - 1]["h_out"]), i
+            assert torch.count_nonzero(call["h_in"]) > 0, i
+
+
+def _reference_losses(cfg, carry: bool) -> np.ndarray:
+    """A plain TBPTT loop written from docs/protocol.md, with the state carried or (carry=False) zeroed per window."""
+    seed_everything(cfg.seed)
+    data = make_task(cfg)
+    model = build_model(cfg, data)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.optim.lr)
+    inputs, targets = data.rows("train", cfg.batch_size)
+    losses = []
+    while len(losses) < cfg.budget.amount:
+        state = model.init_state(cfg.batch_size)
+        for i in range(inputs.shape[1] // cfg.num_steps):
+            if len(losses) == cfg.budget.amount:
+                break
+            x, y = get_batch(inputs, targets, i, cfg.num_steps)
+            if not carry:
+                state = model.init_state(cfg.batch_size)
+            logits, state = model(x, repackage_hidden(state))
+            loss = sequence_loss(logits, y)
+            opt.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.clip, foreach=True)
+            opt.step()
+            losses.append(loss.item())
+    return np.array(losses)
+
+
+@pytest.mark.parametrize("cell", ["rnn", "gru"])
+def test_train_matches_a_reference_loop_that_carries_the_state_and_not_one_that_zeroes_it(make_cfg, cell):
+    cfg = make_cfg(*_CARRY, f"model={cell}")
+    losses = train(cfg).steps["loss"].to_numpy()
+    np.testing.assert_allclose(losses, _reference_losses(cfg, carry=True), rtol=1e-6)
+    zeroed = _reference_losses(cfg, carry=False)
+    # the first window of the run starts from zeros either way; after it the two loops must part
+    assert losses[0] == pytest.approx(zeroed[0], rel=1e-6)
+    assert np.max(np.abs(losses[1:] - zeroed[1:])) > 1e-4
+
+
+@pytest.mark.parametrize(
+    ("kind", "amount", "updates"),
+    [
+        ("updates", 37, 37),
+        ("tokens", 4096, 128),  # 4096 / (8 x 4) = 128 exactly
+        ("tokens", 4095, 128),
+        ("tokens", 4097, 129),  # train stops at the first update whose tokens reach the budget: ceil, not floor
+    ],
+)
+def test_budget_arithmetic(make_cfg, kind, amount, updates):
+    result = train(make_cfg(*TINY, "batch_size=8", "num_steps=4", f"budget={kind}", f"budget.amount={amount}"))
+    assert result.summary["updates"] == updates
+    assert result.summary["tokens"] == updates * 8 * 4
+
+
+def test_noise_scale_and_measures_at_eval_points_leave_the_trajectory_alone(make_cfg, monkeypatch):
+    def meddling_noise_scale(model, data, cfg, device):
+        # consumes the global RNG and leaves gradients behind, as a careless measure could
+        torch.randn(1000)
+        x = torch.randint(data.vocab_size, (3, cfg.num_steps))
+        model(x)[0].sum().backward()
+        return {"noise_g2": 1.0, "noise_trace": 2.0, "noise_b_simple": 2.0, "noise_b_small": 8, "noise_b_big": 64}
+
+    seen = []
+
+    def meddling_measures(model, data, cfg, device, initial=None):
+        seen.append(initial)
+        torch.randn(1000)
+        return {"m": 1.0}, pd.DataFrame({"k": [1], "value": [0.0]})
+
+    monkeypatch.setitem(sys.modules, "sweep.noise_scale", types.SimpleNamespace(noise_scale_at=meddling_noise_scale))
+    common = [*TINY, "budget.amount=40", "eval.points=4", "measure.checkpoints=2"]
+    quiet = train(make_cfg(*common, "measure.noise_scale=false"))
+    busy = train(make_cfg(*common, "measure.noise_scale=true"), measure_fn=meddling_measures)
+    np.testing.assert_array_equal(quiet.steps["loss"].to_numpy(), busy.steps["loss"].to_numpy())
+    np.testing.assert_array_equal(quiet.steps["grad_norm"].to_numpy(), busy.steps["grad_norm"].to_numpy())
+    assert len(busy.evals) == 4 and busy.evals["noise_b_simple"].notna().all()
+    assert "noise_b_simple" not in quiet.evals
+
+    # measures got the network as initialised: a separate copy, equal to a fresh build from the same seed
+    assert len(seen) == 3 and all(s is seen[0] for s in seen) and seen[0] is not busy.model
+    cfg = make_cfg(*common)
+    seed_everything(cfg.seed)
+    fresh = build_model(cfg, make_task(cfg))
+    for a, b in zip(seen[0].parameters(), fresh.parameters(), strict=True):
+        assert torch.equal(a, b)
+    assert any(not torch.equal(a, b) for a, b in zip(busy.model.parameters(), fresh.parameters(), strict=True))
+
+
+def test_late_jitter_on_a_hand_computed_series():
+    loss = np.array([5.0, 4.0, 3.0, 2.0, 1.0, 1.2, 1.0, 1.2])  # the early descent is left out
+    norm = np.array([9.0, 9.0, 9.0, 9.0, 1.0, 3.0, 1.0, 3.0])
+    out = late_jitter(loss, norm)
+    assert out["loss_jitter"] == pytest.approx(0.2)
+    assert out["loss_jitter_rel"] == pytest.approx(0.2 / 1.1)
+    assert out["grad_norm_cv_late"] == pytest.approx(np.std([1, 3, 1, 3], ddof=1) / 2)
+    flat = late_jitter(np.full(10, 2.0), np.full(10, 1.0))
+    assert flat["loss_jitter"] == 0.0 and flat["grad_norm_cv_late"] == 0.0
+    assert late_jitter(np.array([1.0, 1.0, 1.0, np.nan]), np.ones(4))["loss_jitter"] is None
+    assert late_jitter(np.ones(3), np.ones(3))["loss_jitter"] is None
+
+
+def test_summary_reports_late_jitter(make_cfg):
+    result = train(make_cfg(*TINY, "budget.amount=40"))
+    expected = late_jitter(result.steps["loss"].to_numpy(), result.steps["grad_norm"].to_numpy())
+    assert {k: result.summary[k] for k in expected} == expected
+    assert result.summary["loss_jitter"] > 0
