@@ -1,8 +1,9 @@
-"""Tuning (issue 5): a grid of cells x an Optuna search per cell; resume after kill -9; shared studies.
+"""Tuning: a grid of cells x an Optuna search per cell, pooled over search seeds, then a test phase on the grid's
+seeds; resume after kill -9; shared studies (docs/scale-out.md).
 
-Fast tests check the pieces (search-space syntax, what a record tells Optuna, stale-trial rules, the surplus
-guard); slow ones run `python -m sweep experiment=tune ...` on a 2-cell grid: killed and rerun, and twice at
-once against one PostgreSQL study.
+Fast tests check the pieces (search-space syntax, what a record or a trial's runs tell Optuna, stale-trial rules,
+the surplus guard); slow ones run `python -m sweep experiment=tune ...` on a 2-cell grid: end to end and rerun,
+killed and rerun, and twice at once against one PostgreSQL study.
 """
 
 from __future__ import annotations
@@ -36,7 +37,9 @@ from tests.conftest import REPO, TINY
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 LR = "tag(log, interval(1e-3, 1e-1))"
-TWO_CELLS = ["model=rnn,lstm", "batch_size=4", "num_steps=4", "seed=0"]
+# the preset's grid sets budget=tokens; TINY's 20 would be one update at equal tokens
+TWO_CELLS = ["model=rnn,lstm", "batch_size=4", "num_steps=4", "seed=0", "budget=updates"]
+SEARCH_SEEDS = (1000, 1001)  # the sweeper's default
 
 
 # ------------------------------------------------------------------------------------------ search space
@@ -92,6 +95,21 @@ def test_what_a_record_tells_optuna():
     assert st.outcome(_rec(train_loss=1.0), "s", "valid_loss")[0] == TrialState.FAIL
 
 
+def test_a_trial_is_told_the_mean_over_its_search_seeds_and_no_value_when_a_run_is_bad():
+    ok = (TrialState.COMPLETE, 0.5, "complete")
+    diverged = st.outcome(_rec("diverged"), "s", "valid_loss")
+    failed = st.outcome(_rec("failed"), "s", "valid_loss")
+    assert st.pooled_outcome([(1000, ok), (1001, (TrialState.COMPLETE, 1.0, "complete"))])[:2] == (
+        TrialState.COMPLETE,
+        0.75,
+    )
+    # one diverged seed makes the lr unsafe whatever the others did; a failed one leaves it unmeasured
+    state, value, reason = st.pooled_outcome([(1000, ok), (1001, diverged)])
+    assert (state, value) == (TrialState.PRUNED, None) and "seed 1001" in reason
+    assert st.pooled_outcome([(1000, failed), (1001, ok)])[:2] == (TrialState.FAIL, None)
+    assert st.pooled_outcome([(1000, failed), (1001, diverged)])[0] == TrialState.PRUNED
+
+
 def _dead_pid() -> int:
     proc = subprocess.Popen(["true"])
     proc.wait()
@@ -134,25 +152,37 @@ def _sweeper(tmp_path: Path, n_trials: int) -> tuple[osw.OptunaGridSweeper, osw.
     return sweeper, osw.Cell(job=gsw.PlannedJob([], tmp_path / "cell", "sig"), study=study, name="cell")
 
 
+def _seed_runs(study: optuna.Study, trial, tmp_path: Path, losses: dict[int, float | None]) -> None:
+    """Name the trial's runs (one per search seed) in its user attributes; write a record for each seed whose
+    loss is not None (None: the run never finished)."""
+    runs = []
+    for seed, loss in losses.items():
+        run_dir = tmp_path / f"cell,trial={trial.number},seed={seed}"
+        sig = f"s{trial.number}-{seed}"
+        if loss is not None:
+            run_dir.mkdir()
+            (run_dir / "run.json").write_text(json.dumps(_rec(sig=sig, valid_loss=loss)))
+        runs.append({"seed": seed, "folder": run_dir.name, "run_dir": str(run_dir), "signature": sig})
+    study._storage.set_trial_user_attr(trial._trial_id, "runs", runs)
+
+
 def test_stale_trials_are_settled_from_their_records_so_no_finished_run_is_lost(tmp_path):
     sweeper, cell = _sweeper(tmp_path, n_trials=3)
     study, dead = cell.study, {**st.me(), "pid": _dead_pid()}
-    finished = _running_trial(study, dead)  # its run wrote a complete record, then the sweep process died
-    run_dir = tmp_path / "cell,trial=0"
-    run_dir.mkdir()
-    (run_dir / "run.json").write_text(json.dumps(_rec(sig="s0", valid_loss=0.75)))
-    for key, value in {"signature": "s0", "folder": run_dir.name, "run_dir": str(run_dir)}.items():
-        study._storage.set_trial_user_attr(finished._trial_id, key, value)
-    unfinished = _running_trial(study, dead)  # its run never wrote a record
-    study._storage.set_trial_user_attr(unfinished._trial_id, "signature", "s1")
+    finished = _running_trial(study, dead)  # its runs wrote complete records, then the sweep process died
+    _seed_runs(study, finished, tmp_path, {1000: 0.75, 1001: 1.25})
+    half = _running_trial(study, dead)  # one of its runs never wrote a record
+    _seed_runs(study, half, tmp_path, {1000: 0.5, 1001: None})
     alive = _running_trial(study, st.me())  # still running in this (live) process: left alone
 
     stale = [t for t in study.get_trials(deepcopy=False) if st.is_stale(t, 300)]
-    assert [t.number for t in stale] == [finished.number, unfinished.number]
+    assert [t.number for t in stale] == [finished.number, half.number]
     sweeper._recover(cell, stale)
     trials = {t.number: t for t in study.get_trials(deepcopy=False)}
-    assert trials[finished.number].state == TrialState.COMPLETE and trials[finished.number].value == 0.75
-    assert trials[unfinished.number].state == TrialState.FAIL and trials[unfinished.number].user_attrs["stale"]
+    assert trials[finished.number].state == TrialState.COMPLETE and trials[finished.number].value == 1.0
+    assert trials[finished.number].user_attrs["values"] == {"1000": 0.75, "1001": 1.25}
+    # a mean over one seed would not compare with the others' means over two
+    assert trials[half.number].state == TrialState.FAIL and trials[half.number].user_attrs["stale"]
     assert trials[alive.number].state == TrialState.RUNNING
     counts = st.counts(list(trials.values()))
     assert counts["complete"] == 1 and counts["stale"] == 1 and counts["bad"] == 0  # stale: not a failed run
@@ -165,14 +195,14 @@ def test_a_trial_asked_when_n_trials_are_complete_or_running_is_surplus_and_neve
     study.tell(done.number, 1.0)
     _running_trial(study, st.me())  # the other process's last trial, running
     late = _running_trial(study, st.me())  # asked by this process at the same moment
-    job = osw.TrialJob(cell, late.number, late._trial_id, {}, [], tmp_path / "x", "sig")
+    job = osw.TrialJob(cell, late.number, late._trial_id, {}, [])
     assert sweeper._drop_surplus(cell, [job]) == []
     late_trial = study.get_trials(deepcopy=False)[late.number]
     assert late_trial.state == TrialState.FAIL and late_trial.user_attrs["surplus"]
     # with a slot free, a trial is kept
     sweeper.n_trials = 3
     again = _running_trial(study, st.me())
-    job = osw.TrialJob(cell, again.number, again._trial_id, {}, [], tmp_path / "y", "sig")
+    job = osw.TrialJob(cell, again.number, again._trial_id, {}, [])
     assert sweeper._drop_surplus(cell, [job]) == [job]
 
 
@@ -202,6 +232,8 @@ def _env() -> dict[str, str]:
         (["optim.lr=0.1"], "optim.lr is both"),
         (['++hydra.sweeper.search={optim.lr:"tag(log, interval(1e-3, 1e-1))",optim.clip:"interval(-1, 1)"}'],
          "optim.clip"),
+        (["hydra.sweeper.search_seeds=[0,1000]"], "search_seeds=[0, 1000] shares seed(s) [0] with the grid"),
+        (["hydra.sweeper.search_seeds=[]"], "search_seeds=[]: must be a non-empty list"),
     ],
 )  # fmt: skip
 def test_bad_tuning_input_is_one_line_and_leaves_nothing(tmp_path, args, expected):
@@ -215,12 +247,13 @@ def test_bad_tuning_input_is_one_line_and_leaves_nothing(tmp_path, args, expecte
     assert not (tmp_path / "r").exists()
 
 
-def _tune_args(results: Path, *extra: str) -> list[str]:
+def _tune_args(results: Path, *extra: str, seeds: str = "0", n_trials: int = 3) -> list[str]:
     return _cli(
         f"results_dir={results}",
-        *TWO_CELLS,
+        *[a for a in TWO_CELLS if not a.startswith("seed=")],
+        f"seed={seeds}",
         *TINY,
-        "hydra.sweeper.n_trials=3",
+        f"hydra.sweeper.n_trials={n_trials}",
         "hydra.sweeper.poll_s=1",
         *extra,
     )
@@ -235,37 +268,117 @@ def _study_trials(storage: str, prefix: str) -> dict[str, list]:
     return out
 
 
-def _trial_records(*sweep_dirs: Path) -> dict[tuple[str, int], dict]:
-    """Every trial run record under the sweep folders, by (study, trial); a duplicate fails the test."""
-    recs: dict[tuple[str, int], dict] = {}
+def _records(*sweep_dirs: Path) -> tuple[dict[tuple[str, int, int], dict], list[dict]]:
+    """Every run record under the sweep folders: trial runs by (study, trial, seed) (a duplicate fails the
+    test), and the test phase's runs (no study)."""
+    trial_runs: dict[tuple[str, int, int], dict] = {}
+    tests = []
     for d in sweep_dirs:
         for p in d.glob("*/run.json"):
-            rec = json.loads(p.read_text())
-            key = (rec["config"]["study"], rec["config"]["trial"])
-            assert key not in recs, f"two records for trial {key}"
-            recs[key] = {**rec, "folder": p.parent}
-    return recs
+            rec = {**json.loads(p.read_text()), "folder": p.parent}
+            if rec["config"]["study"] is None:
+                tests.append(rec)
+                continue
+            key = (rec["config"]["study"], rec["config"]["trial"], rec["config"]["seed"])
+            assert key not in trial_runs, f"two records for trial run {key}"
+            trial_runs[key] = rec
+    return trial_runs, tests
 
 
-def _check_studies(trials_by_study: dict[str, list], recs: dict[tuple[str, int], dict], n_trials: int) -> None:
+def _whole_trials(recs: dict[tuple[str, int, int], dict]) -> set[tuple[str, int]]:
+    """(study, trial) of the trials whose runs are complete on every search seed."""
+    seeds: dict[tuple[str, int], set[int]] = {}
+    for (name, number, seed), rec in recs.items():
+        if rec["status"] == "complete":
+            seeds.setdefault((name, number), set()).add(seed)
+    return {k for k, v in seeds.items() if v == set(SEARCH_SEEDS)}
+
+
+def _check_studies(trials_by_study: dict[str, list], recs: dict[tuple[str, int, int], dict], n_trials: int) -> None:
     assert len(trials_by_study) == 2
     for name, trials in trials_by_study.items():
         complete = [t for t in trials if t.state == TrialState.COMPLETE]
         assert len(complete) == n_trials, (name, [(t.number, t.state.name) for t in trials])
         assert not [t for t in trials if t.state == TrialState.RUNNING]
-        for t in complete:  # every complete trial is a normal run record, marked with its study and trial
-            rec = recs[(name, t.number)]
-            assert rec["status"] == "complete" and rec["summary"]["valid_loss"] == t.value
-            assert rec["folder"].name.endswith(f",trial={t.number}")
-            assert rec["config"]["optim"]["lr"] == t.params["optim.lr"] == rec["summary"]["lr"]
-    # and no finished run is left out of its study (a record that Optuna does not count as complete)
+        for t in complete:  # a complete trial ran on every search seed, and was told the mean of those runs
+            runs = [recs[(name, t.number, seed)] for seed in SEARCH_SEEDS]
+            losses = [r["summary"]["valid_loss"] for r in runs]
+            assert t.value == pytest.approx(sum(losses) / len(losses), rel=1e-12, abs=0)
+            assert len(set(losses)) == len(losses)  # fresh data per seed: not one run counted twice
+            assert t.user_attrs["values"] == {str(s): v for s, v in zip(SEARCH_SEEDS, losses, strict=True)}
+            for seed, rec in zip(SEARCH_SEEDS, runs, strict=True):
+                assert rec["status"] == "complete" and rec["config"]["seed"] == seed
+                assert rec["folder"].name.endswith(f",trial={t.number},seed={seed}")
+                assert rec["config"]["optim"]["lr"] == t.params["optim.lr"] == rec["summary"]["lr"]
+    # and no trial whose runs all finished is left out of its study
     counted = {(name, t.number) for name, ts in trials_by_study.items() for t in ts if t.state == TrialState.COMPLETE}
-    assert {k for k, r in recs.items() if r["status"] == "complete"} == counted
+    assert _whole_trials(recs) == counted
+
+
+def _check_tests(sweep_dir: Path, trials_by_study: dict[str, list], tests: list[dict], grid_seeds: set[int]) -> None:
+    """The test phase: one record per (cell, grid seed) at the cell's best lr (lowest mean), lr_protocol tuned,
+    on seeds the selection never saw; best_trials.json and lr_search.json name the same lr."""
+    best = json.loads((sweep_dir / "best_trials.json").read_text())
+    chosen = {c["study"]: c for c in json.loads((sweep_dir / "lr_search.json").read_text())["chosen"]}
+    assert best["search_seeds"] == list(SEARCH_SEEDS) and len(best["cells"]) == len(trials_by_study)
+    by_folder = {r["folder"].name: r for r in tests}
+    assert len(tests) == len(trials_by_study) * len(grid_seeds)
+    for cell in best["cells"]:
+        complete = [t for t in trials_by_study[cell["study"]] if t.state == TrialState.COMPLETE]
+        top = min(complete, key=lambda t: (t.value, t.number))
+        lr = top.params["optim.lr"]
+        assert cell["complete"] and cell["best"]["trial"] == top.number and cell["best"]["value"] == top.value
+        assert cell["best"]["params"] == {"optim.lr": lr} and cell["best"]["lr"] == lr
+        assert "seed" not in cell["cell"] and cell["cell"]["model"] in ("rnn", "lstm")
+        assert chosen[cell["study"]]["lr"] == lr and chosen[cell["study"]]["n"] == len(SEARCH_SEEDS)
+        assert chosen[cell["study"]]["mean_valid_loss"] == top.value
+        runs = [by_folder[f] for f in cell["test"]["folders"]]
+        assert {r["config"]["seed"] for r in runs} == grid_seeds and not grid_seeds & set(SEARCH_SEEDS)
+        for r in runs:
+            assert r["status"] == "complete" and r["config"]["trial"] is None
+            assert r["config"]["optim"]["lr"] == lr and r["config"]["optim"]["lr_protocol"] == "tuned"
+            assert r["config"]["model"]["cell"] == cell["cell"]["model"]
+            # the grid point's own folder: the searched lr is not part of its name
+            assert f"seed={r['config']['seed']}" in r["folder"].name and "optim.lr" not in r["folder"].name
+
+
+def _mtimes(sweep_dir: Path) -> dict[Path, int]:
+    return {p: p.stat().st_mtime_ns for p in sweep_dir.glob("*/run.json")}
+
+
+@pytest.mark.slow
+def test_one_study_per_cell_pooled_over_search_seeds_then_tested_on_the_grid_seeds(tmp_path):
+    """Selection pooled over seeds on fresh data, outcomes on seeds the selection never saw; reruns add nothing."""
+    results = tmp_path / "r"
+    sweep_dir = results / "tune"
+    storage = f"sqlite:///{sweep_dir / 'optuna.db'}"
+    args = _tune_args(results, "hydra.launcher.n_jobs=2", seeds="0,1", n_trials=2)
+    first = subprocess.run(args, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stderr[-3000:]
+    trials = _study_trials(storage, "tune:")
+    assert len(trials) == 2  # 4 grid points, 2 cells: never a study per seed
+    recs, tests = _records(sweep_dir)
+    _check_studies(trials, recs, n_trials=2)
+    _check_tests(sweep_dir, trials, tests, grid_seeds={0, 1})
+
+    before = _mtimes(sweep_dir)
+    rerun = subprocess.run(args, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert _mtimes(sweep_dir) == before  # no run again, none rewritten
+    assert {n: len(ts) for n, ts in _study_trials(storage, "tune:").items()} == {n: len(ts) for n, ts in trials.items()}
+
+    # fewer grid seeds, same cells: the same two studies, and nothing to run
+    one_seed = subprocess.run(
+        _tune_args(results, "hydra.launcher.n_jobs=2", seeds="0", n_trials=2), cwd=REPO, env=_env(),
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert one_seed.returncode == 0, one_seed.stderr[-3000:]
+    assert set(_study_trials(storage, "tune:")) == set(trials) and _mtimes(sweep_dir) == before
 
 
 @pytest.mark.slow
 def test_kill_9_while_tuning_then_rerun_ends_with_exactly_n_trials_per_cell(tmp_path):
-    """Issue 5, done means 2: 3 trials per cell on a 2-cell grid, killed and rerun."""
+    """3 trials per cell on a 2-cell grid, killed and rerun."""
     results = tmp_path / "r"
     sweep_dir = results / "tune"
     storage = f"sqlite:///{sweep_dir / 'optuna.db'}"
@@ -280,31 +393,23 @@ def test_kill_9_while_tuning_then_rerun_ends_with_exactly_n_trials_per_cell(tmp_
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
-    # a trial is told only when its whole batch is back: the kill leaves trials RUNNING, some with records
+    # a trial is told only when all its runs are back: the kill leaves trials RUNNING, some with records
     before = _study_trials(storage, "tune:")
     left_running = [(n, t.number) for n, ts in before.items() for t in ts if t.state == TrialState.RUNNING]
     assert left_running
-    on_disk = {(r["config"]["study"], r["config"]["trial"]) for r in _trial_records(sweep_dir).values()}
+    on_disk = _whole_trials(_records(sweep_dir)[0])
     assert not (tmp_path / "r" / "tune" / "best_trials.json").exists()
 
     rerun = subprocess.run(args, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert "stale trial" in rerun.stdout + rerun.stderr  # Hydra logs to stdout
     after = _study_trials(storage, "tune:")
-    recs = _trial_records(sweep_dir)
+    recs, tests = _records(sweep_dir)
     _check_studies(after, recs, n_trials=3)
-    for name, number in left_running:  # a killed trial whose run had finished counts; the others failed
+    for name, number in left_running:  # a killed trial whose runs had all finished counts; the others failed
         trial = after[name][number]
         assert trial.state == (TrialState.COMPLETE if (name, number) in on_disk else TrialState.FAIL)
-    best = json.loads((sweep_dir / "best_trials.json").read_text())
-    assert best["objective"] == "valid_loss" and len(best["cells"]) == 2
-    for cell in best["cells"]:
-        trials = after[cell["study"]]
-        top = min((t for t in trials if t.state == TrialState.COMPLETE), key=lambda t: t.value)
-        assert cell["complete"] and cell["best"]["trial"] == top.number and cell["best"]["value"] == top.value
-        assert cell["best"]["params"] == {"optim.lr": top.params["optim.lr"]} == {"optim.lr": cell["best"]["lr"]}
-        assert (sweep_dir / cell["best"]["folder"] / "run.json").exists()
-        assert cell["cell"]["model"] in ("rnn", "lstm") and cell["cell"]["batch_size"] == "4"
+    _check_tests(sweep_dir, after, tests, grid_seeds={0})
 
 
 # ------------------------------------------------------------------------------------------ PostgreSQL
@@ -334,7 +439,7 @@ def pg_url() -> str:
 
 @pytest.mark.slow
 def test_two_sweep_processes_share_one_postgres_study_per_cell(tmp_path, pg_url):
-    """Issue 5, done means 3: two processes at once, n_trials complete per study, none lost or duplicated."""
+    """Two processes at once, n_trials complete per study, none lost or duplicated."""
     prefix = f"pg-{uuid.uuid4().hex[:8]}"
     shared = [f"hydra.sweeper.storage={pg_url}", f"hydra.sweeper.study_prefix={prefix}",
               "hydra.sweeper.sampler_seed=null", "hydra.launcher.n_jobs=1"]  # fmt: skip
@@ -358,12 +463,13 @@ def test_two_sweep_processes_share_one_postgres_study_per_cell(tmp_path, pg_url)
     try:
         assert [p.returncode for p in procs] == [0, 0], "\n".join(e[-2000:] for e in errs)
         trials = _study_trials(pg_url, f"{prefix}:")
-        recs = _trial_records(tmp_path / "machine0" / "tune", tmp_path / "machine1" / "tune")
+        recs, _ = _records(tmp_path / "machine0" / "tune", tmp_path / "machine1" / "tune")
         _check_studies(trials, recs, n_trials=3)
         # every trial number ran at most once, in one of the two processes; surplus trials never ran
+        ran_trials = {(name, number) for name, number, _seed in recs}
         for name, ts in trials.items():
             for t in ts:
-                ran = (name, t.number) in recs
+                ran = (name, t.number) in ran_trials
                 assert ran != bool(t.user_attrs.get("surplus")), (name, t.number, t.state.name)
     finally:
         for name in _study_trials(pg_url, f"{prefix}:"):

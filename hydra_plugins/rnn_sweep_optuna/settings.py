@@ -14,6 +14,9 @@ from typing import Any, Optional
 class TuneSettings:
     # OmegaConf reads these annotations: Optional[...] rather than `X | None`
     search: dict[str, str] = field(default_factory=dict)  # Optuna search per grid cell; empty = plain grid
+    # every trial runs once per search seed and is judged on the mean; the grid's own seeds are kept for the test
+    # phase, so the outcomes the report judges were never used to pick the lr (docs/scale-out.md)
+    search_seeds: list[int] = field(default_factory=lambda: [1000, 1001])
     n_trials: int = 10  # COMPLETE trials per cell, in total over reruns and sweep processes
     max_failed_trials: Optional[int] = None  # noqa: UP045  per cell, diverged + failed runs; null = n_trials
     objective: str = "valid_loss"  # a summary metric of the run record (dotted path: lag_accuracy.8)

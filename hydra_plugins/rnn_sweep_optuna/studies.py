@@ -157,10 +157,38 @@ def outcome(rec: dict[str, Any] | None, sig: str, objective: str) -> tuple[Trial
     return TrialState.COMPLETE, float(value), "complete"
 
 
-def tell(study: optuna.Study, number: int, state: TrialState, value: float | None, reason: str) -> bool:
-    """Finish a RUNNING trial; False when another process finished it first."""
+def pooled_outcome(
+    outcomes: list[tuple[int, tuple[TrialState, float | None, str]]],
+) -> tuple[TrialState, float | None, str]:
+    """What a trial's runs, one per search seed, tell Optuna: the MEAN of their objective values when every run
+    is complete. An lr that diverged on any seed is PRUNED (it is unsafe, whatever the other seeds did); else a
+    failed or missing run makes the trial FAIL: a mean over fewer seeds would not compare with the others."""
+    if not outcomes:
+        return TrialState.FAIL, None, "no runs"
+    if all(state == TrialState.COMPLETE for _, (state, _v, _r) in outcomes):
+        values = [float(v) for _, (_s, v, _r) in outcomes if v is not None]
+        return TrialState.COMPLETE, math.fsum(values) / len(values), "complete"
+    for wanted in (TrialState.PRUNED, TrialState.FAIL):
+        bad = [f"seed {seed}: {reason}" for seed, (state, _v, reason) in outcomes if state == wanted]
+        if bad:
+            return wanted, None, "; ".join(bad)
+    raise AssertionError("unreachable: a state other than COMPLETE, PRUNED or FAIL")
+
+
+def tell(
+    study: optuna.Study,
+    number: int,
+    state: TrialState,
+    value: float | None,
+    reason: str,
+    attrs: dict[str, Any] | None = None,
+) -> bool:
+    """Finish a RUNNING trial, after setting its user attributes `attrs`; False when another process finished
+    it first."""
     trial_id = study._storage.get_trial_id_from_study_id_trial_number(study._study_id, number)
     try:
+        for key, attr in (attrs or {}).items():
+            study._storage.set_trial_user_attr(trial_id, key, attr)
         study._storage.set_trial_user_attr(trial_id, "outcome", reason[:500])
         if state == TrialState.COMPLETE:
             study.tell(number, value)
