@@ -47,8 +47,8 @@ def speed_points(jobs: list[PlannedJob], tasks: list[str] | None = None) -> list
                "num_steps": int(c.num_steps)}  # fmt: skip
         conf = resolved_config(c)
         shape = {k: v for k, v in conf.items() if k not in _SPEED_IRRELEVANT}
-        shape.get("optim", {}).pop("lr", None)
-        shape.get("optim", {}).pop("lr_protocol", None)
+        # the lr changes neither the work of an update nor its time
+        shape["optim"] = {k: v for k, v in shape.get("optim", {}).items() if k not in ("lr", "lr_protocol")}
         k = tuple(key.values())
         if k not in points:
             points[k] = {"key": key, "config": conf, "_shape": shape}
