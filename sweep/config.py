@@ -115,6 +115,7 @@ class MeasureConfig:
     noise_rows: int = 64
     noise_small: int = 8
     noise_windows: int = 4
+    noise_points: int = 3  # at this many of the evaluation points, evenly spread, the last included; 0 = all
     # window-gradient growth at fixed parameters (claim C5): grad norm of a window's loss vs window length
     growth_lengths: list[int] = field(default_factory=lambda: [4, 8, 16, 32, 64, 128])
     growth_windows: int = 8
@@ -252,6 +253,7 @@ def validate(cfg: DictConfig) -> None:
         "must be a list of at least two distinct positive integers",
         list(m.growth_lengths),
     )
+    _need(m.noise_points >= 0, "measure.noise_points", "must be >= 0 (0 = every evaluation point)", m.noise_points)
     tp = cfg.eval.target_perplexity
     _need(tp is None or tp > 1, "eval.target_perplexity", "must be null or a number > 1", tp)
 

@@ -344,10 +344,18 @@ def train(cfg: DictConfig, measure_fn=None) -> TrainResult:
     progress_every_s = float(cfg.progress_every_s)
     tokens_per_update = batch_size * num_steps
 
+    n_evals = int(cfg.eval.points)
+    noise_points = int(OmegaConf.select(cfg, "measure.noise_points", default=0) or 0)
+
+    def noise_due(i: int) -> bool:
+        """Evaluation i of n_evals (1-based) carries the noise scale: `noise_points` of them, evenly spread, the
+        last one included (0 = every evaluation). It costs a few backward passes, more than the evaluation."""
+        return noise_points <= 0 or (i * noise_points) // n_evals > ((i - 1) * noise_points) // n_evals
+
     def run_eval() -> None:
         result = evaluate(model, valid_inputs, valid_targets)
         row = {"step": updates, "tokens": tokens, "time_s": clock.done, **result}
-        if noise_fn is not None:
+        if noise_fn is not None and noise_due(len(evals) + 1):
             with _untimed(device):
                 row.update(noise_fn(model, data, cfg, device))
         evals.append(row)

@@ -279,11 +279,15 @@ def test_noise_scale_and_measures_at_eval_points_leave_the_trajectory_alone(make
     monkeypatch.setitem(sys.modules, "sweep.noise_scale", types.SimpleNamespace(noise_scale_at=meddling_noise_scale))
     common = [*TINY, "budget.amount=40", "eval.points=4", "measure.checkpoints=2"]
     quiet = train(make_cfg(*common, "measure.noise_scale=false"))
-    busy = train(make_cfg(*common, "measure.noise_scale=true"), measure_fn=meddling_measures)
+    busy = train(make_cfg(*common, "measure.noise_scale=true", "measure.noise_points=0"), measure_fn=meddling_measures)
     np.testing.assert_array_equal(quiet.steps["loss"].to_numpy(), busy.steps["loss"].to_numpy())
     np.testing.assert_array_equal(quiet.steps["grad_norm"].to_numpy(), busy.steps["grad_norm"].to_numpy())
     assert len(busy.evals) == 4 and busy.evals["noise_b_simple"].notna().all()
     assert "noise_b_simple" not in quiet.evals
+    # noise_points=2 of 4 evaluations: the 2nd and the last carry it, the others have no noise values
+    some = train(make_cfg(*common, "measure.noise_scale=true", "measure.noise_points=2"))
+    assert some.evals["noise_b_simple"].notna().tolist() == [False, True, False, True]
+    np.testing.assert_array_equal(quiet.steps["loss"].to_numpy(), some.steps["loss"].to_numpy())
 
     # measures got the network as initialised: a separate copy, equal to a fresh build from the same seed
     assert len(seen) == 3 and all(s is seen[0] for s in seen) and seen[0] is not busy.model
