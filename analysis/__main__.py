@@ -1,4 +1,4 @@
-"""`python -m analysis RESULTS_DIR [--out DIR] [--thresholds FILE] [--stability FILE]`: write the report."""
+"""`python -m analysis RESULTS_DIR [--out DIR] [--thresholds FILE]`: write the report."""
 
 from __future__ import annotations
 
@@ -20,17 +20,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--thresholds", default=None, help="verdict thresholds YAML (default: analysis/thresholds.yaml)"
     )
-    parser.add_argument(
-        "--stability",
-        default=None,
-        help='bench timing-stability JSON {"cv": ...} (default: looked up in RESULTS_DIR)',
-    )
     parser.add_argument("-q", "--quiet", action="store_true", help="warnings only")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(levelname)s: %(message)s")
     logging.getLogger("matplotlib").setLevel(logging.WARNING)  # its INFO lines about categorical axes are noise
     try:
-        index = build_report(args.results_dir, args.out, args.thresholds, args.stability)
+        index = build_report(args.results_dir, args.out, args.thresholds)
     except (NoRecords, ThresholdsError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

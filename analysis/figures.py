@@ -8,6 +8,7 @@ a verdict would keep apart.
 from __future__ import annotations
 
 import io
+import itertools
 import logging
 import textwrap
 import warnings
@@ -26,6 +27,7 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.colors import LogNorm
 
+from analysis import tables
 from analysis.load import lag_columns
 
 log = logging.getLogger(__name__)
@@ -48,13 +50,13 @@ class Figure:
     skipped: str = ""  # why there is no figure
     _png: bytes | None = None
 
-    def save(self, folder: Path) -> dict[str, Path]:
+    def save(self, folder: Path) -> Path:
+        """The PNG only: an SVG as well doubled the figures' share of a ~600-run report's build time."""
         assert self.fig is not None
         folder.mkdir(parents=True, exist_ok=True)
-        paths = {ext: folder / f"{self.name}.{ext}" for ext in ("png", "svg")}
-        paths["png"].write_bytes(self.png_bytes())
-        self.fig.savefig(paths["svg"], bbox_inches="tight")
-        return paths
+        path = folder / f"{self.name}.png"
+        path.write_bytes(self.png_bytes())
+        return path
 
     def png_bytes(self) -> bytes:
         """The PNG, rendered once: the file and the HTML embed the same bytes."""
@@ -78,6 +80,9 @@ class Data:
     steps: pd.DataFrame
     evals: pd.DataFrame
     profiles: pd.DataFrame
+    speed: pd.DataFrame | None = None  # speed.parquet (the speed phase), None without one
+    lr_search: dict | None = None  # lr_search.json
+    ttt: pd.DataFrame | None = None  # tables.time_to_target (per grid point)
 
 
 # ------------------------------------------------------------------------------------------------- helpers
@@ -140,10 +145,11 @@ def _hue_palette(values) -> dict:
 
 # ------------------------------------------------------------------------------------------------ builders
 def throughput_heatmap(data: Data) -> Figure:
-    name, title = "throughput_heatmap", "Training throughput: tokens per second (mean over seeds)"
+    name, title = "throughput_heatmap", "Training runs' throughput: tokens per second (mean over seeds)"
     caption = (
-        "Each square is one batch_size × num_steps point; brighter is faster. C1 holds if colour brightens "
-        "left to right in every row."
+        "Each square is one batch_size × num_steps point; brighter is faster. These are the training runs' "
+        "own tokens/s: where jobs ran in parallel they were timed under load and decide no speed verdict "
+        "(the speed phase figure does)."
     )
     df = data.runs[(data.runs["status"] == "complete") & data.runs["tokens_per_s"].notna()]
     if df.empty:
@@ -173,47 +179,22 @@ def throughput_heatmap(data: Data) -> Figure:
     return Figure(name, title, caption, fig)
 
 
-def speedup(data: Data) -> Figure:
-    name, title = "speedup", "Speed-up over the smallest batch size (mean and 95 % CI over seeds)"
-    caption = (
-        "Tokens/s relative to the smallest batch of the same cell and num_steps; the dashed line is perfect "
-        "scaling (speed-up = batch ratio). C3 asks whether batch 4 sits near 4× batch 1."
-    )
-    df = data.runs[(data.runs["status"] == "complete") & data.runs["tokens_per_s"].notna()].copy()
-    if df.empty or df["batch_size"].nunique() < 2:
-        return _skip(name, title, caption, "fewer than two batch sizes with a throughput")
-    keys = ["split", "cell", "num_steps"]
-    smallest = df.groupby(keys, observed=True)["batch_size"].transform("min")
-    base = df[df["batch_size"] == smallest].groupby(keys, observed=True)["tokens_per_s"].mean().rename("base")
-    df = df.join(base, on=keys)
-    df["speedup"] = df["tokens_per_s"] / df["base"]
-    df["ideal"] = df["batch_size"] / smallest
-    df["num_steps"] = df["num_steps"].astype(int)
-    g = sns.relplot(
-        data=df, x="batch_size", y="speedup", hue="num_steps", palette=_hue_palette(df["num_steps"]),
-        kind="line", marker="o", errorbar=("ci", 95), n_boot=N_BOOT, seed=0, height=3.4, aspect=1.15,
-        facet_kws={"sharey": True}, **_grid_kwargs(df),
-    )  # fmt: skip
-    for ax in g.axes.flat:
-        _log2_axis(ax, df["batch_size"])
-        ax.set_yscale("log", base=2)
-        ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}×"))
-        bs = np.array(sorted(df["batch_size"].unique()), dtype=float)
-        ax.plot(bs, bs / bs.min(), "k--", lw=1, label="ideal")
-    g.legend.set_title("num_steps")
-    fig = _finish(g, title, "batch size (parallel rows)", "speed-up (× smallest batch)")
-    return Figure(name, title, caption, fig)
-
-
 def learned_length(data: Data) -> Figure:
     name, title = "learned_length", "Learned dependency length against the BPTT length num_steps"
     caption = (
         "Each measure of how far back the trained network reaches, per cell and batch size; the dashed line "
-        "is y = num_steps; bands span the seeds. C4 holds if the points climb with num_steps (and batch size "
-        "does not move them)."
+        "is y = num_steps; bands span the seeds. Censored or flat gradient profiles and censored context "
+        "ablations are left out (a bound is not a length). C4 holds if the points climb with num_steps (and "
+        "batch size does not move them)."
     )
-    measures = [m for m in MEASURE_LABELS if m in data.runs and data.runs[m].notna().any()]
-    df = data.runs[data.runs["status"] == "complete"]
+    df = data.runs[data.runs["status"] == "complete"].copy()
+    # A censored or flat profile gives a bound, not a length: left out rather than drawn as a value.
+    for col, flags in (("gradient_horizon", ("gradient_horizon_censored", "gradient_flat")),
+                       ("effective_context", ("effective_context_censored",))):  # fmt: skip
+        for flag in flags:
+            if col in df and flag in df:
+                df.loc[df[flag].astype("boolean").fillna(False).astype(bool), col] = np.nan
+    measures = [m for m in MEASURE_LABELS if m in df and df[m].notna().any()]
     if not measures or df.empty:
         return _skip(name, title, caption, "no run recorded a span, effective context or gradient horizon")
     long = df.melt(
@@ -340,18 +321,33 @@ def probe_profiles(data: Data) -> Figure:
     )  # fmt: skip
 
 
+BOX_POINTS = 200  # per run: enough for its quartiles, few enough that ~600 runs draw in seconds
+
+
+def _thin(steps: pd.DataFrame, points: int) -> pd.DataFrame:
+    """Every k-th update of each run (about `points` of them) plus its largest norm, so the box plot keeps
+    each run's extreme while drawing a fraction of the updates."""
+    n = steps.groupby("run_id")["grad_norm"].transform("size")
+    every = (n // points).clip(lower=1)
+    pos = steps.groupby("run_id").cumcount()
+    top = steps["grad_norm"] == steps.groupby("run_id")["grad_norm"].transform("max")
+    return steps[(pos % every == 0) | top].copy()
+
+
 def grad_norm_distributions(data: Data) -> Figure:
     name, title = "grad_norm_distributions", "Gradient norm per update against num_steps (log scale)"
     caption = (
-        "Box plots of the global gradient norm before clipping, over every update of every run. C5 holds if "
-        "the boxes (and outliers) climb with num_steps; the loss is a per-token mean."
+        "Box plots of the global gradient norm before clipping over training (about 200 evenly spaced updates "
+        "of each run, plus its largest). A description only: C5 is judged from gradient growth with window "
+        "length at fixed parameters, not from norms over training."
     )
     steps = data.steps
     if steps.empty or "grad_norm" not in steps:
         return _skip(name, title, caption, "no steps.parquet with grad_norm")
-    df = steps[np.isfinite(steps["grad_norm"]) & (steps["grad_norm"] > 0)].copy()
+    df = steps[np.isfinite(steps["grad_norm"]) & (steps["grad_norm"] > 0)]
     if df.empty:
         return _skip(name, title, caption, "no finite gradient norm recorded")
+    df = _thin(df, BOX_POINTS)
     df["num_steps"] = df["num_steps"].astype(int)
     df["batch_size"] = df["batch_size"].astype(int)
     with warnings.catch_warnings():
@@ -365,73 +361,248 @@ def grad_norm_distributions(data: Data) -> Figure:
     return Figure(name, title, caption, _finish(g, title, "num_steps (BPTT length)", "gradient norm (pre-clip)"))
 
 
-def _smoothed_loss(steps: pd.DataFrame, points: int = 120) -> pd.DataFrame:
-    """Per run: a rolling mean of the training loss, thinned to about `points` rows (a readable line each)."""
-    out = []
-    for _, g in steps.groupby("run_id", sort=False):
-        g = g.sort_values("step")
-        window = max(1, len(g) // 25)
-        g = g.assign(loss_smooth=g["loss"].rolling(window, min_periods=1).mean())
-        out.append(g.iloc[:: max(1, len(g) // points)])
-    return pd.concat(out, ignore_index=True) if out else steps.iloc[0:0]
+# ------------------------------------------------------------------------------ speed phase, targets, noise
+def speed_phase(data: Data) -> Figure:
+    name, title = "speed_phase", "Speed phase: tokens per second against batch size (each point timed alone)"
+    caption = (
+        "Median tokens/s over the rounds of the speed phase, bars: t-interval over rounds (log scale); the "
+        "dashed line continues the smallest batch linearly (ideal scaling). C1 and C3 are judged from these "
+        "numbers only, never from the tokens/s of runs trained in parallel. Independent of the training budget."
+    )
+    sp = data.speed
+    if sp is None or sp.empty:
+        return _skip(name, title, caption, "no speed.parquet (the sweep ran no speed phase)")
+    tasks, cells = sorted(sp["task"].astype(str).unique()), _cells(sp)
+    fig, axes = plt.subplots(len(tasks), len(cells), figsize=(3.8 * len(cells) + 1, 3.2 * len(tasks)), squeeze=False)
+    palette = _hue_palette(sp["num_steps"])
+    for (i, task), (j, cell) in itertools.product(enumerate(tasks), enumerate(cells)):
+        ax = axes[i][j]
+        part = sp[(sp["task"].astype(str) == task) & (sp["cell"] == cell)]
+        if part.empty:
+            ax.set_axis_off()
+            continue
+        for ns, g in part.groupby("num_steps"):
+            pts = []
+            for bs, p in g.groupby("batch_size"):
+                _, lo, hi, _ = tables.log_t_interval(p["tokens_per_s"])
+                pts.append((int(bs), float(p["tokens_per_s"].median()), lo, hi))
+            bs, med, lo, hi = (np.array(v, dtype=float) for v in zip(*pts, strict=True))
+            err = np.vstack([np.nan_to_num(med - lo), np.nan_to_num(hi - med)]).clip(min=0)
+            ax.errorbar(bs, med, yerr=err, marker="o", ms=4, capsize=2, color=palette[int(ns)], label=str(int(ns)))
+            ax.plot(bs, med[0] * bs / bs[0], ls="--", lw=0.8, color=palette[int(ns)], alpha=0.7)
+        _log2_axis(ax, part["batch_size"])
+        ax.set_yscale("log")
+        ax.set_title(f"{cell} — {task}", fontsize=9)
+        ax.set_xlabel("batch size (parallel rows)")
+    for row in axes:
+        row[0].set_ylabel("tokens/s (speed phase)")
+    axes[0][-1].legend(title="num_steps", fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1))
+    fig.tight_layout()
+    _suptitle(fig, title)
+    return Figure(name, title, caption, fig)
 
 
-def _loss_figure(data: Data, x: str, name: str, title: str, xlabel: str, caption: str) -> Figure:
-    steps = data.steps
-    if steps.empty or not {"loss", x} <= set(steps.columns):
-        return _skip(name, title, caption, "no steps.parquet with a loss")
-    df = _smoothed_loss(steps[np.isfinite(steps["loss"])])
-    if df.empty:
-        return _skip(name, title, caption, "no finite training loss recorded")
-    df["batch size"] = df["batch_size"].astype(int)  # the legend shows column names: make them words
-    df["num_steps"] = df["num_steps"].astype(int)
+def time_to_target_fig(data: Data) -> Figure:
+    name, title = "time_to_target", "Time to target against batch size: updates and wall-clock"
+    caption = (
+        "Per grid point: geometric mean over seeds with a log-scale t-interval when every seed reached the "
+        "target; a hollow marker is the censored median when only some did; × at the top edge: fewer than half "
+        "the seeds reached it. Wall-clock = tokens to target × the speed phase's seconds per token. "
+        "Rows: setting (task · budget · lr protocol) and measure; columns: cell."
+    )
+    ttt = data.ttt
+    if ttt is None or ttt.empty:
+        return _skip(name, title, caption, "no run has a target and held-out evaluations (evals.parquet)")
+    measures = [m for m in ("updates", "seconds") if ttt[m].notna().any() or m == "updates"]
+    splits, cells = sorted(ttt["split"].unique()), _cells(ttt)
+    rows = [(sp, m) for sp in splits for m in measures]
+    fig, axes = plt.subplots(len(rows), len(cells), figsize=(3.8 * len(cells) + 1.2, 3.0 * len(rows)),
+                             squeeze=False)  # fmt: skip
+    palette = _hue_palette(ttt["num_steps"])
+    for i, (split, m) in enumerate(rows):
+        for j, cell in enumerate(cells):
+            ax = axes[i][j]
+            part = ttt[(ttt["split"] == split) & (ttt["cell"] == cell)]
+            for k, (ns, g) in enumerate(part.groupby("num_steps")):
+                g = g.sort_values("batch_size")
+                color = palette[int(ns)]
+                full = g[g["all_reached"] & g[m].notna()]
+                err = np.vstack([(full[m] - full[f"{m}_ci_low"]).fillna(0), (full[f"{m}_ci_high"] - full[m]).fillna(0)])
+                ax.errorbar(full["batch_size"], full[m], yerr=err.clip(min=0), marker="o", ms=4, capsize=2,
+                            color=color, label=str(int(ns)))  # fmt: skip
+                cens = g[~g["all_reached"] & g[m].notna()]
+                ax.scatter(cens["batch_size"], cens[m], facecolors="none", edgecolors=color, s=30)
+                nope = g[g[m].isna() & (g["reached"] * 2 < g["seeds"])]
+                ax.scatter(nope["batch_size"], [1.0 + 0.04 * k] * len(nope), marker="x", color=color,
+                           transform=ax.get_xaxis_transform(), clip_on=False)  # fmt: skip
+            vals = part[m][part[m] > 0]
+            if not vals.empty and vals.max() > 10 * vals.min():  # a log axis over a narrow range has no labels
+                ax.set_yscale("log")
+            _log2_axis(ax, ttt["batch_size"])
+            ax.set_title(f"{cell}\n" + "\n".join(textwrap.wrap(split, 44)), fontsize=8)
+            ax.set_xlabel("batch size")
+            ax.set_ylabel(("updates to target" if m == "updates" else "wall-clock s to target") if j == 0 else "")
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    if handles:
+        axes[0][-1].legend(handles, labels, title="num_steps", fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1))
+    fig.tight_layout()
+    _suptitle(fig, _with_setting(title, ttt))
+    return Figure(name, title, caption, fig)
+
+
+def lr_vs_batch(data: Data) -> Figure:
+    name, title = "lr_vs_batch", "Chosen learning rate against batch size (lr search)"
+    caption = (
+        "The lr the search picked per (cell, batch size), pooled over the search seeds on the validation "
+        "stream (short runs of its own: independent of the training budget); dotted lines: lr ∝ batch size "
+        "(linear scaling) and ∝ √batch size through the smallest batch."
+    )
+    chosen = pd.DataFrame((data.lr_search or {}).get("chosen") or [])
+    if chosen.empty or not {"task", "cell", "batch_size", "lr"} <= set(chosen):
+        return _skip(name, title, caption, "no lr_search.json with chosen learning rates")
+    tasks = sorted(chosen["task"].astype(str).unique())
+    fig, axes = plt.subplots(1, len(tasks), figsize=(4.2 * len(tasks) + 1, 3.4), squeeze=False)
+    for ax, task in zip(axes[0], tasks, strict=True):
+        part = chosen[chosen["task"].astype(str) == task].sort_values("batch_size")
+        for cell in _cells(part):
+            g = part[part["cell"] == cell]
+            ax.plot(g["batch_size"], g["lr"], marker="o", label=cell)
+        bs = np.array(sorted(part["batch_size"].unique()), dtype=float)
+        lr0 = float(part[part["batch_size"] == bs[0]]["lr"].median())
+        ax.plot(bs, lr0 * bs / bs[0], "k:", lw=0.8)
+        ax.plot(bs, lr0 * np.sqrt(bs / bs[0]), "k:", lw=0.8, alpha=0.5)
+        _log2_axis(ax, bs)
+        ax.set_yscale("log")
+        ax.set_title(task, fontsize=9)
+        ax.set_xlabel("batch size")
+        ax.set_ylabel("chosen lr")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    _suptitle(fig, title)
+    return Figure(name, title, caption, fig)
+
+
+def _eval_accuracy(data: Data) -> pd.DataFrame:
+    """Held-out accuracy per evaluation row: echo at its lag (or `accuracy`), lags the mean over its lags."""
+    ev = data.evals
+    if ev.empty:
+        return ev
+    lag_cols = [c for c in ev if c.startswith("acc_lag_")]
+    acc = pd.to_numeric(ev["accuracy"], errors="coerce") if "accuracy" in ev else pd.Series(np.nan, index=ev.index)
+    if lag_cols:
+        acc = acc.fillna(ev[lag_cols].apply(pd.to_numeric, errors="coerce").mean(axis=1))
+    return ev.assign(held_out_accuracy=acc)
+
+
+def held_out_curves(data: Data) -> Figure:
+    name, title = "held_out_curves", "Held-out loss and accuracy against tokens seen"
+    caption = (
+        "Mean over seeds at each evaluation (the runs' evals.parquet). Accuracy: echo at its lag, lags the "
+        "mean over its lags. At equal tokens the lines end at the same x; at equal updates bigger batches "
+        "run further right."
+    )
+    ev = _eval_accuracy(data)
+    if ev.empty or "tokens" not in ev:
+        return _skip(name, title, caption, "no evals.parquet")
+    ev = ev[ev["tokens"] > 0].copy()
+    ev["batch size"] = ev["batch_size"].astype(int)
+    long = ev.melt(id_vars=["split", "cell", "batch size", "num_steps", "tokens", "seed"],
+                   value_vars=[c for c in ("loss", "held_out_accuracy") if c in ev and ev[c].notna().any()],
+                   var_name="measure").dropna(subset=["value"])  # fmt: skip
+    if long.empty:
+        return _skip(name, title, caption, "no held-out loss or accuracy recorded")
+    multi = long["split"].nunique() > 1
+    long["row"] = long["measure"].map({"loss": "held-out loss", "held_out_accuracy": "held-out accuracy"}) + (
+        " — " + long["split"] if multi else "")  # fmt: skip
     g = sns.relplot(
-        data=df, x=x, y="loss_smooth", hue="batch size", palette=_hue_palette(df["batch size"]),
-        style="num_steps", units="run_id", estimator=None, kind="line", lw=1, alpha=0.8, height=3.2,
-        aspect=1.3,
-        **_grid_kwargs(df),
+        data=long, x="tokens", y="value", hue="batch size", palette=_hue_palette(long["batch size"]),
+        style="num_steps", row="row", row_order=sorted(long["row"].unique()), col="cell",
+        col_order=_cells(long), kind="line", errorbar=None, height=3.0, aspect=1.3,
+        facet_kws={"sharey": "row", "sharex": False},
     )  # fmt: skip
-    if x == "tokens":
-        for ax in g.axes.flat:
-            ax.set_xscale("log")
-    g.legend.set_title("")  # the legend lists both: batch size (colour), then num_steps (line style)
-    return Figure(name, title, caption, _finish(g, title, xlabel, "train loss (smoothed)"))
+    for ax in g.axes.flat:
+        ax.set_xscale("log")
+    g.legend.set_title("")
+    return Figure(name, title, caption, _finish(g, title, "tokens seen (log scale)", ""))
 
 
-def loss_vs_tokens(data: Data) -> Figure:
-    return _loss_figure(
-        data,
-        "tokens",
-        "loss_vs_tokens",
-        "Training loss against tokens seen",
-        "tokens seen (log scale)",
-        "One line per run. At equal tokens, bigger batches have made fewer updates: lines that overlap mean "
-        "batch size did not change sample efficiency (C2).",
+def accuracy_heatmap(data: Data) -> Figure:
+    name, title = "accuracy_heatmap", "Final held-out accuracy over batch_size × num_steps (mean over seeds)"
+    caption = (
+        "Echo: accuracy at its lag; lags: mean accuracy over its lags. One panel per cell and setting (the "
+        "setting names the budget). Chance is 1/vocabulary."
     )
+    df = data.runs[(data.runs["status"] == "complete") & data.runs["valid_accuracy"].notna()]
+    if df.empty:
+        return _skip(name, title, caption, "no complete run recorded a held-out accuracy")
+    means = df.groupby(["split", "cell", "num_steps", "batch_size"], observed=True)["valid_accuracy"].mean()
+    splits, cells = sorted(df["split"].unique()), _cells(df)
+    fig, axes = plt.subplots(len(splits), len(cells), figsize=(4.0 * len(cells) + 1, 3.3 * len(splits)),
+                             squeeze=False)  # fmt: skip
+    for i, split in enumerate(splits):
+        for j, cell in enumerate(cells):
+            ax = axes[i][j]
+            try:
+                table = means.loc[(split, cell)].unstack("batch_size").sort_index(ascending=False)
+            except KeyError:
+                ax.set_axis_off()
+                continue
+            sns.heatmap(table, ax=ax, vmin=0, vmax=1, cmap="viridis", annot=True, fmt=".2f", linewidths=0.5,
+                        cbar=j == len(cells) - 1, cbar_kws={"label": "held-out accuracy"})  # fmt: skip
+            ax.set_title(f"{cell}\n" + "\n".join(textwrap.wrap(split, 44)), fontsize=8)
+            ax.set_xlabel("batch size")
+            ax.set_ylabel("num_steps" if j == 0 else "")
+    fig.tight_layout()
+    _suptitle(fig, _with_setting(title, df))
+    return Figure(name, title, caption, fig)
 
 
-def loss_vs_time(data: Data) -> Figure:
-    return _loss_figure(
-        data,
-        "time_s",
-        "loss_vs_time",
-        "Training loss against wall-clock training time",
-        "training seconds (evaluation excluded)",
-        "One line per run. Lines further left reach the same loss sooner: the practical payoff of C1's speed.",
+def noise_scale_fig(data: Data) -> Figure:
+    name, title = "noise_scale", "Gradient noise scale B_simple during training"
+    caption = (
+        "B_simple = tr(Σ)/|G|² (McCandlish et al. 2018) from gradients at two batch sizes, at each held-out "
+        "evaluation; mean over runs of log B, band ±2 standard errors. Batch sizes well above B_simple stop "
+        "saving updates (dotted: the grid's batch sizes)."
     )
+    ev = data.evals
+    if (
+        ev.empty
+        or "noise_b_simple" not in ev
+        or pd.to_numeric(ev["noise_b_simple"], errors="coerce").notna().sum() == 0
+    ):
+        return _skip(name, title, caption, "no evaluation recorded a gradient noise scale (older records)")
+    ev = ev.assign(b=pd.to_numeric(ev["noise_b_simple"], errors="coerce"))
+    ev = ev[ev["b"] > 0].copy()
+    ev["progress"] = ev["step"] / ev.groupby("run_id")["step"].transform("max")
+    ev["num_steps"] = ev["num_steps"].astype(int)
+    g = sns.relplot(
+        data=ev, x="progress", y="b", hue="num_steps", palette=_hue_palette(ev["num_steps"]), kind="line",
+        marker="o", errorbar=("se", 2), estimator=lambda v: float(np.exp(np.mean(np.log(v)))), height=3.0,
+        aspect=1.2, **_grid_kwargs(ev),
+    )  # fmt: skip
+    sizes = sorted({int(b) for b in ev["batch_size"]})
+    for ax in g.axes.flat:
+        ax.set_yscale("log")
+        for b in sizes:
+            ax.axhline(b, color="grey", ls=":", lw=0.7)
+    g.legend.set_title("num_steps")
+    return Figure(name, title, caption, _finish(g, title, "fraction of the run's budget", "B_simple (rows)"))
 
 
 BUILDERS: list[Callable[[Data], Figure]] = [
+    speed_phase,
+    time_to_target_fig,
+    lr_vs_batch,
+    held_out_curves,
+    accuracy_heatmap,
+    noise_scale_fig,
     throughput_heatmap,
-    speedup,
     learned_length,
     recall_curves,
     context_ablation,
     gradient_profiles,
     probe_profiles,
     grad_norm_distributions,
-    loss_vs_tokens,
-    loss_vs_time,
 ]
 
 

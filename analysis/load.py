@@ -6,6 +6,10 @@ whose `steps.parquet` is missing or unreadable) is skipped with a warning that n
 `skipped`.
 Grid points a sweep planned (`sweep_summary.json`, else `multirun.yaml`) that left no usable record are listed
 in `missing`. The per-update, per-evaluation and per-profile series are read on demand by `load_series`.
+Files a sweep writes beside its runs are read when present: `speed.parquet` (+ `speed.json`, the speed
+phase: the only tokens/s that may decide a speed verdict) and `lr_search.json` (the learning-rate search).
+Records written before a measure existed keep that column empty: a missing measure is marked, never derived
+from something else.
 """
 
 from __future__ import annotations
@@ -19,8 +23,11 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
+
+from sweep.record import run_dirname  # torch-free: the folder names the sweeper gives grid points
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +56,7 @@ _NOT_A_VARIANT = {
     "budget.kind",
     "budget.amount",
     "optim.lr_scaling",
+    "optim.lr_protocol",
     "study",
     "trial",
     # bookkeeping that changes neither training nor the measures
@@ -72,7 +80,31 @@ EXPECTED = (
     "effective_context",
     "gradient_horizon",
     "gradient_explodes",
+    # measures added after the first record version (docs/measures.md): NaN in older records
+    "effective_context_censored",
+    "context_method",
+    "gradient_flat",
+    "gradient_horizon_censored",
+    "gradient_log_slope",
+    "growth_slope",
+    "growth_slope_ci_low",
+    "growth_slope_ci_high",
+    "growth_ratio",
+    "growth_slope_initial",
+    "growth_slope_ci_low_initial",
+    "growth_slope_ci_high_initial",
+    "growth_ratio_initial",
+    "probe_span",
+    "probe_span_cell",
+    "loss_jitter",
+    "loss_jitter_rel",
+    "grad_norm_cv_late",
+    "clip_fraction",
+    "lr",
 )
+# optim.lr_protocol (set by the sweeper) -> the label a split carries
+PROTOCOLS = ("fixed", "scaled", "searched", "tuned")
+SPEED_FILE, SPEED_PLAN, LR_SEARCH = "speed.parquet", "speed.json", "lr_search.json"
 # Nuisance parameters a tuning study searches over: they vary between trials by design.
 _TUNED_KEYS = {"optim.lr", "optim.clip", "optim.momentum"}
 
@@ -84,6 +116,9 @@ class Results:
     skipped: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=["folder", "reason"]))
     missing: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=["sweep", "folder", "status"]))
     grid_points: int = 0  # planned points across the sweep files found (0: no sweep file)
+    speed: pd.DataFrame | None = None  # speed.parquet rows (+ column `sweep`), None without a speed phase
+    speed_plan: dict[str, Any] | None = None  # speed.json: the plan and the environment it ran in
+    lr_search: dict[str, Any] | None = None  # lr_search.json (merged over sweeps, each row naming its sweep)
 
 
 class NoRecords(RuntimeError):
@@ -122,7 +157,54 @@ def load_results(root: str | Path) -> Results:
         raise NoRecords(f"no readable run records under {root} ({len(skipped)} skipped)")
     skipped_df = pd.DataFrame(skipped, columns=["folder", "reason"])
     missing, planned = _missing_points(root, set(runs["folder"]))
-    return Results(root, runs, skipped_df, missing, planned)
+    speed, plan = load_speed(root)
+    return Results(root, runs, skipped_df, missing, planned, speed, plan, load_lr_search(root))
+
+
+def load_speed(root: str | Path) -> tuple[pd.DataFrame | None, dict[str, Any] | None]:
+    """Every speed.parquet under root (one per sweep), with the speed.json beside the first that has one."""
+    root = Path(root)
+    frames, plan = [], None
+    for path in sorted(_walk(root, SPEED_FILE)):
+        try:
+            df = pd.read_parquet(path)
+        except Exception as exc:
+            log.warning("cannot read %s: %s", path, exc)
+            continue
+        frames.append(df.assign(sweep=_rel(path.parent, root)))
+        meta = path.parent / SPEED_PLAN
+        if plan is None and meta.is_file():
+            try:
+                plan = json.loads(meta.read_text())
+            except (OSError, ValueError) as exc:
+                log.warning("cannot read %s: %s", meta, exc)
+    if not frames:
+        return None, plan
+    speed = pd.concat(frames, ignore_index=True)
+    for col in ("batch_size", "num_steps", "round"):
+        if col in speed:
+            speed[col] = pd.to_numeric(speed[col], errors="coerce").astype("Int64")
+    return speed, plan
+
+
+def load_lr_search(root: str | Path) -> dict[str, Any] | None:
+    """lr_search.json of each sweep under root; several are merged (their rows gain a `sweep` key)."""
+    root = Path(root)
+    found = []
+    for path in sorted(_walk(root, LR_SEARCH)):
+        try:
+            obj = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            log.warning("cannot read %s: %s", path, exc)
+            continue
+        if isinstance(obj, dict):
+            found.append((_rel(path.parent, root), obj))
+    if not found:
+        return None
+    merged = dict(found[0][1])
+    for key in ("table", "chosen"):
+        merged[key] = [{**r, "sweep": sweep} for sweep, obj in found for r in obj.get(key) or []]
+    return merged
 
 
 def _walk(root: Path, name: str):
@@ -191,6 +273,7 @@ def _flatten(rec: dict[str, Any], folder: Path, root: Path, series: dict[str, bo
         "optimizer": optim.get("name"),
         "lr_scaling": optim.get("lr_scaling"),
         "protocol": _protocol(optim, tuned),
+        "lr_protocol": optim.get("lr_protocol"),
         "tuning_trial": tuned,
         "study": cfg.get("study"),
         "trial_number": cfg.get("trial"),
@@ -204,6 +287,7 @@ def _flatten(rec: dict[str, Any], folder: Path, root: Path, series: dict[str, bo
             for lag, acc in value.items():
                 # a lag with no held-out target (stream rows shorter than the lag) has no accuracy, not 0
                 row[f"acc_lag_{lag}"] = None if counts.get(lag, 1) == 0 else acc
+                row[f"n_lag_{lag}"] = counts.get(lag)  # targets behind it: the span's Wilson interval needs it
         elif _is_scalar(value):
             row[key] = value
     for key in (
@@ -260,10 +344,16 @@ def _task_label(task: dict[str, Any]) -> str:
 
 
 def _protocol(optim: dict[str, Any], tuned: bool) -> str:
-    """How the learning rate was set across batch sizes ("tuned lr" when the record is a tuning trial)."""
+    """How the learning rate was set across batch sizes: the record's optim.lr_protocol when it has one,
+    else (older records) a tuning trial is "tuned lr" and lr_scaling tells fixed from scaled."""
+    scaling = optim.get("lr_scaling", "none")
+    declared = optim.get("lr_protocol")
+    if declared in PROTOCOLS:
+        if declared == "scaled":
+            return f"scaled lr ({scaling})" if scaling not in (None, "none") else "scaled lr"
+        return f"{declared} lr"
     if tuned:
         return "tuned lr"
-    scaling = optim.get("lr_scaling", "none")
     return "fixed lr" if scaling in (None, "none") else f"scaled lr ({scaling})"
 
 
@@ -282,6 +372,10 @@ def _finish_table(runs: pd.DataFrame, best: set[str]) -> pd.DataFrame:
         for parts in zip(runs["task_label"], runs["budget"], runs["protocol"], runs["variant"], strict=True)
     ]
     _mark_best(runs, best)
+    # Tokens/s of a run trained beside other jobs measure the load as much as the batch size: labelled, and
+    # never used for a speed verdict (the speed phase's speed.parquet is).
+    jobs = pd.to_numeric(runs.get("env.parallel_jobs", pd.Series(np.nan, index=runs.index)), errors="coerce")
+    runs["timed_under_load"] = (jobs > 1).astype(bool)
     # Tuning trials other than the best one per grid cell are records, not results: kept, never judged.
     runs["in_verdicts"] = runs["status"].isin(FINISHED) & (~runs["tuning_trial"] | runs["best_trial"])
     tps = pd.to_numeric(runs["tokens_per_s"], errors="coerce")
@@ -307,32 +401,25 @@ def _best_trials(root: Path) -> set[str]:
 
 
 def _mark_best(runs: pd.DataFrame, best: set[str]) -> None:
-    """best_trial: named by best_trials.json; a study that has no such entry (a tuning sweep still running)
-    falls back to its complete trial with the lowest held-out loss, the sweeper's default objective."""
+    """best_trial: a selection run named as its cell's best by a best_trials.json written before tuned sweeps
+    had a test phase (version 1). Tuned sweeps now rerun each cell's best lr on fresh seeds (protocol "tuned
+    lr"), and those runs are judged; selection runs never are, and no trial is ever picked here by its own
+    held-out loss (that would select on the very noise the verdicts then read)."""
     runs["best_trial"] = runs["folder"].isin(best) & runs["tuning_trial"]
-    runs["best_source"] = np.where(runs["best_trial"], "best_trials.json", None)
-    tuned = runs[runs["tuning_trial"] & runs["study"].notna()]
-    for _study, trials in tuned.groupby("study"):
-        if trials["best_trial"].any():
-            continue
-        done = trials[trials["status"] == "complete"]
-        loss = pd.to_numeric(done["valid_loss"], errors="coerce")
-        if loss.notna().any():
-            i = loss.idxmin()
-            runs.loc[i, "best_trial"] = True
-            runs.loc[i, "best_source"] = "lowest valid_loss (no best_trials.json entry)"
+    runs["best_source"] = np.where(runs["best_trial"], "best_trials.json (version 1: selected on its own seed)", None)
 
 
 def _variants(runs: pd.DataFrame) -> pd.Series:
     """Other config keys that differ between runs (e.g. hidden_size, optimizer): each value is a setting."""
     cfg_cols = [c for c in runs.columns if c.startswith("cfg.")]
-    tuned = runs["tuning_trial"].astype(bool)
+    # a searched or tuned lr differs per grid point by design: a nuisance parameter, not a setting
+    nuisance = runs["tuning_trial"].astype(bool) | runs["lr_protocol"].isin(["searched", "tuned"])
     keys = []
     for col in cfg_cols:
         key = col[4:]
         if key in _NOT_A_VARIANT:
             continue
-        values = runs.loc[~tuned, col] if key in _TUNED_KEYS else runs[col]
+        values = runs.loc[~nuisance, col] if key in _TUNED_KEYS else runs[col]
         # a key absent from older records (the config schema grew) is not a setting that varies
         if values.dropna().astype(str).nunique() > 1:
             keys.append(key)
@@ -340,7 +427,7 @@ def _variants(runs: pd.DataFrame) -> pd.Series:
     def label(row: pd.Series) -> str:
         parts = []
         for key in keys:
-            value = "tuned" if row["tuning_trial"] and key in _TUNED_KEYS else row[f"cfg.{key}"]
+            value = "tuned" if nuisance[row.name] and key in _TUNED_KEYS else row[f"cfg.{key}"]
             if not (isinstance(value, float) and np.isnan(value)):
                 parts.append(f"{key}={value}")
         return ", ".join(parts)
@@ -356,9 +443,14 @@ def lag_columns(runs: pd.DataFrame) -> list[str]:
 def _recall_measures(runs: pd.DataFrame) -> None:
     """`span` and `memory_capacity` from the final held-out accuracy per lag, where the record has none.
 
-    Same definitions as issue 3's measures (span: the longest lag that, with every shorter lag of the task, is
-    above chance by `measure.chance_margin`); the column `span_source` says which one a row carries.
+    The definitions of sweep/measures.py (docs/measures.md): a lag is reached when its accuracy is at least
+    chance + `measure.chance_margin` AND the Wilson interval's lower end (level `measure.ci_level`) lies above
+    chance; span = the longest lag reached with every shorter lag reached too; memory capacity = the sum of
+    (acc - chance) / (1 - chance), not floored at 0. Lags without held-out targets are left out. A record
+    without the target counts cannot give the interval: its span stays missing. `span_source` says which.
     """
+    from statsmodels.stats.proportion import proportion_confint  # here: `import analysis` stays light
+
     lags = lag_columns(runs)
     for col in ("span", "memory_capacity"):
         if col not in runs:
@@ -367,44 +459,66 @@ def _recall_measures(runs: pd.DataFrame) -> None:
     runs["span_source"] = np.where(runs["span"].notna(), "measures", None)
     if not lags:
         return
-    margin = pd.to_numeric(runs.get("cfg.measure.chance_margin"), errors="coerce").fillna(0.1)
-    chance = pd.to_numeric(runs.get("chance_accuracy"), errors="coerce")
+    nan = pd.Series(np.nan, index=runs.index)
+    margin = pd.to_numeric(runs.get("cfg.measure.chance_margin", nan), errors="coerce").fillna(0.1)
+    level = pd.to_numeric(runs.get("cfg.measure.ci_level", nan), errors="coerce").fillna(0.95)
+    chance = pd.to_numeric(runs.get("chance_accuracy", nan), errors="coerce")
     for i in runs.index:
-        if pd.notna(runs.at[i, "span"]) or pd.isna(chance.at[i]):
+        if pd.notna(runs.at[i, "span"]) or pd.isna(chance.at[i]) or runs.at[i, "status"] not in FINISHED:
             continue
-        accs = [(int(c.removeprefix("acc_lag_")), runs.at[i, c]) for c in lags if pd.notna(runs.at[i, c])]
-        if not accs:
+        heads = []
+        for col in lags:
+            lag = col.removeprefix("acc_lag_")
+            acc = pd.to_numeric(runs.at[i, col], errors="coerce")
+            n = pd.to_numeric(runs.at[i, f"n_lag_{lag}"], errors="coerce") if f"n_lag_{lag}" in runs else np.nan
+            if pd.notna(acc) and not (pd.notna(n) and n == 0):
+                heads.append((int(lag), float(acc), float(n)))
+        if not heads or any(np.isnan(n) for _, _, n in heads):
             continue
+        c, m = float(chance.at[i]), float(margin.at[i])
         span = 0
-        for lag, acc in accs:  # sorted by lag
-            if acc < chance.at[i] + margin.at[i]:
+        for lag, acc, n in heads:  # sorted by lag
+            low, _ = proportion_confint(round(acc * n), n, alpha=1 - float(level.at[i]), method="wilson")
+            if not (acc >= c + m and low > c):
                 break
             span = lag
         runs.at[i, "span"] = span
         runs.at[i, "span_source"] = "final accuracy per lag (analysis)"
-        if pd.isna(runs.at[i, "memory_capacity"]) and chance.at[i] < 1:
-            runs.at[i, "memory_capacity"] = sum(max(0.0, (a - chance.at[i]) / (1 - chance.at[i])) for _, a in accs)
+        if pd.isna(runs.at[i, "memory_capacity"]) and c < 1:
+            runs.at[i, "memory_capacity"] = sum((a - c) / (1 - c) for _, a, _ in heads)
 
 
 # ------------------------------------------------------------------------------------------------- series
 def load_series(runs: pd.DataFrame, name: str, columns: list[str] | None = None) -> pd.DataFrame:
-    """steps / evals / profiles of the given runs, concatenated, with run_id and the factors to plot by."""
-    assert name in SERIES, name
-    frames = []
+    """steps / evals / profiles of the given runs, concatenated, with run_id and the factors to plot by.
+
+    `columns` limits what is read (names a file lacks are left out). Files of different record versions may
+    hold different columns: a column a file lacks is empty (NaN) in its rows.
+    """
+    if name not in SERIES:
+        raise ValueError(f"series: {name!r} is not one of {', '.join(SERIES)}")
     keep = ["run_id", "split", "task", "cell", "batch_size", "num_steps", "seed", "status"]
+    parts, owners = [], []
+    # pyarrow tables concatenated once: ~600 runs read several times faster than a pandas frame per file
     for row in runs[runs[f"has_{name}"]].itertuples(index=False):
         file = Path(row.folder) / f"{name}.parquet"
         try:
-            df = pd.read_parquet(file, columns=_present(file, columns))
+            table = pq.read_table(file, columns=_present(file, columns))
         except Exception as exc:  # read_metadata passed, the body did not: say so, go on without it
             log.warning("skipped %s of %s: %s", file.name, row.run_id, exc)
             continue
-        if df.empty:
-            continue
-        for col in keep:
-            df[col] = getattr(row, col)
-        frames.append(df)
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+        if table.num_rows:
+            parts.append(table.replace_schema_metadata(None))
+            owners.append(row)
+    if not parts:
+        return pd.DataFrame()
+    df = pa.concat_tables(parts, promote_options="permissive").to_pandas()
+    sizes = [t.num_rows for t in parts]
+    for col in keep:
+        df[col] = np.repeat(np.array([getattr(r, col) for r in owners], dtype=object), sizes)
+        if col in ("batch_size", "num_steps", "seed"):
+            df[col] = pd.to_numeric(df[col], errors="coerce").astype("Int64")
+    return df
 
 
 def _present(file: Path, columns: list[str] | None) -> list[str] | None:
@@ -452,20 +566,23 @@ def _planned_points(sweep_dir: Path) -> list[tuple[str, str]] | None:
 
 
 def _grid_folders(conf: dict[str, Any]) -> list[str]:
-    """The job folder names Hydra gives the grid in multirun.yaml (its override_dirname, sorted k=v lines)."""
+    """The job folder names the sweeper gives the grid in multirun.yaml: Hydra's override_dirname (sorted
+    k=v items) passed through sweep.record.run_dirname, which escapes '/' and shortens long names."""
     hydra = conf["hydra"]
     params: dict[str, str] = {str(k): str(v) for k, v in (hydra.get("sweeper", {}).get("params") or {}).items()}
     for line in hydra.get("overrides", {}).get("task") or []:
         key, _, value = str(line).partition("=")
         params[key] = value
-    exclude = set(hydra.get("job", {}).get("config", {}).get("override_dirname", {}).get("exclude_keys") or [])
+    dirname = hydra.get("job", {}).get("config", {}).get("override_dirname", {})
+    exclude = set(dirname.get("exclude_keys") or [])
+    kv_sep, item_sep = str(dirname.get("kv_sep", "=")), str(dirname.get("item_sep", ","))
     axes = []
     for key, value in params.items():
         if any(ch in value for ch in "[](){}"):  # range(), choice(), lists: not expanded here
             raise ValueError(f"cannot expand sweep value {key}={value}")
-        axes.append([f"{key}={v.strip()}" for v in value.split(",")])
+        axes.append([(key, v.strip()) for v in value.split(",")])
     names = []
     for combo in itertools.product(*axes):
-        lines = sorted(line for line in combo if line.partition("=")[0] not in exclude)
-        names.append(",".join(lines) or "base")
+        items = sorted(f"{k}{kv_sep}{v}" for k, v in combo if k not in exclude)
+        names.append(run_dirname(item_sep.join(items)))
     return names

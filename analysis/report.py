@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import html
+import inspect
 import json
 import logging
 import time
@@ -25,9 +26,8 @@ from analysis.verdicts import Verdict, judge, split_table, verdict_table
 
 log = logging.getLogger(__name__)
 
-# where `make bench` writes it: the project's bench/out/ (the report names the file it used)
-BENCH_STABILITY = Path(__file__).resolve().parent.parent / "bench" / "out" / "stability.json"
-STABILITY_FILE = "timing_stability.json"  # from bench/ (issue 6): {"cv": spread of tokens/s across repeats}
+EVAL_COLUMNS = None  # evals.parquet is narrow (a row per evaluation): read every column
+SHOW_DECIDING = 40  # rows of a verdict's deciding runs in the page; a ~600-run grid would list hundreds
 
 
 @dataclass
@@ -38,11 +38,27 @@ class Block:
     figure: figs.Figure | None = None
 
 
+@dataclass
+class Computed:
+    """Everything the blocks show, computed once."""
+
+    results: Results
+    verdicts: list[Verdict]
+    speed: pd.DataFrame  # tables.speed_table
+    ttt: pd.DataFrame  # tables.time_to_target
+    fastest: pd.DataFrame
+    noise: pd.DataFrame
+    lr: pd.DataFrame
+    means: pd.DataFrame
+    effects: pd.DataFrame
+    th: dict[str, Any]
+    th_path: Any
+
+
 def build_report(
     results_dir: str | Path,
     out_dir: str | Path | None = None,
     thresholds: str | Path | None = None,
-    stability: str | Path | None = None,
 ) -> Path:
     """Write the report of `results_dir` and return the path of its index.html."""
     t0 = time.perf_counter()
@@ -50,27 +66,36 @@ def build_report(
     th = load_thresholds(thresholds)
     out = Path(out_dir) if out_dir is not None else results.root / "report"
     out.mkdir(parents=True, exist_ok=True)
-    bench_cv, bench_source = read_stability(results.root, stability)
 
     runs = results.runs
-    verdicts = judge(runs, th, bench_cv)
+    verdicts = _judge(runs, th, results.speed)
     judged = runs[runs["in_verdicts"]]
+    evals = load_series(judged, "evals", EVAL_COLUMNS)
+    level = float(th.get("confidence", 0.95))
+    ttt = tables.time_to_target(judged, evals, results.speed, level=level)
+    c = Computed(
+        results=results, verdicts=verdicts, speed=tables.speed_table(results.speed, level), ttt=ttt,
+        fastest=tables.fastest_batch(ttt), noise=tables.noise_scale_table(judged, evals, level),
+        lr=tables.lr_summary(results.lr_search, level), means=tables.means_table(runs, th),
+        effects=tables.effect_sizes(runs), th=th, th_path=thresholds,
+    )  # fmt: skip
     data = figs.Data(
         runs=judged,
-        steps=load_series(judged, "steps", ["step", "tokens", "time_s", "loss", "grad_norm"]),
-        evals=load_series(judged, "evals"),
+        steps=load_series(judged, "steps", ["step", "grad_norm"]),
+        evals=evals,
         profiles=load_series(judged, "profiles"),
+        speed=results.speed,
+        lr_search=results.lr_search,
+        ttt=ttt,
     )
     figures = figs.build_all(data)
-    means = tables.means_table(runs, th)
-    effects = tables.effect_sizes(runs)
-    _write_tables(out, results, verdicts, means, effects, data.profiles)
+    _write_tables(out, c, data.profiles)
 
     fig_dir = out / "figures"
     for f in figures:
         if f.fig is not None:
             f.save(fig_dir)
-    blocks = _blocks(results, verdicts, figures, means, effects, th, thresholds, bench_cv, bench_source)
+    blocks = _blocks(c, figures)
     (out / "report.md").write_text(to_markdown(blocks))
     index = out / "index.html"
     index.write_text(to_html(blocks, title=f"rnn-sweep report: {results.root.name}"))
@@ -80,24 +105,15 @@ def build_report(
     return index
 
 
-def read_stability(root: Path, path: str | Path | None) -> tuple[float, str]:
-    """The bench's run-to-run spread of tokens/s (coefficient of variation), when a stability file exists."""
-    candidates = [Path(path)] if path else [root / STABILITY_FILE, root / "bench" / STABILITY_FILE, BENCH_STABILITY]
-    for file in candidates:
-        if not file.is_file():
-            continue
-        try:
-            obj = json.loads(file.read_text())
-            value = float(obj.get("cv", obj.get("tokens_per_s_cv")))
-        except (OSError, ValueError, TypeError, AttributeError) as exc:
-            log.warning("ignored timing stability file %s: %s", file, exc)
-            continue
-        return value, str(file)
-    return 0.0, ""
+def _judge(runs: pd.DataFrame, th: dict[str, Any], speed: pd.DataFrame | None) -> list[Verdict]:
+    """judge() with the speed phase's frame where it takes one (the verdicts decide C1/C3 from it alone)."""
+    if "speed" in inspect.signature(judge).parameters:
+        return judge(runs, th, speed=speed)
+    return judge(runs, th)
 
 
-def _write_tables(out: Path, results: Results, verdicts: list[Verdict], means: pd.DataFrame,
-                  effects: pd.DataFrame, profiles: pd.DataFrame) -> None:  # fmt: skip
+def _write_tables(out: Path, c: Computed, profiles: pd.DataFrame) -> None:
+    results, verdicts = c.results, c.verdicts
     runs = results.runs.copy()
     for col in runs.columns:  # parquet wants one type per column: mixed objects become text
         if runs[col].dtype == object:
@@ -109,44 +125,183 @@ def _write_tables(out: Path, results: Results, verdicts: list[Verdict], means: p
     details = [v.details.assign(claim=v.claim.id) for v in verdicts if not v.details.empty]
     if details:
         pd.concat(details, ignore_index=True).to_csv(out / "claim_details.csv", index=False)
-    means.to_parquet(out / "cell_means.parquet", index=False)
-    means.to_csv(out / "cell_means.csv", index=False)
-    effects.to_csv(out / "effect_sizes.csv", index=False)
+    for attr, name in (("deciding", "deciding_runs.csv"), ("uninformative", "uninformative_groups.csv")):
+        frames = [_frame(v, attr).assign(claim=v.claim.id) for v in verdicts if not _frame(v, attr).empty]
+        if frames:
+            pd.concat(frames, ignore_index=True).to_csv(out / name, index=False)
+    c.means.to_parquet(out / "cell_means.parquet", index=False)
+    c.means.to_csv(out / "cell_means.csv", index=False)
+    c.effects.to_csv(out / "effect_sizes.csv", index=False)
+    c.speed.to_csv(out / "speed_table.csv", index=False)
+    c.ttt.to_csv(out / "time_to_target.csv", index=False)
+    c.noise.to_csv(out / "noise_scale.csv", index=False)
+    c.lr.to_csv(out / "lr_protocol.csv", index=False)
     results.skipped.to_csv(out / "skipped.csv", index=False)
     results.missing.to_csv(out / "missing.csv", index=False)
     if not profiles.empty:
         profiles.to_parquet(out / "profiles.parquet", index=False)
 
 
+def _frame(v: Verdict, attr: str) -> pd.DataFrame:
+    """A Verdict's `deciding` / `uninformative` frame, empty where the verdict has none (older verdicts)."""
+    df = getattr(v, attr, None)
+    return df if isinstance(df, pd.DataFrame) else pd.DataFrame()
+
+
 # ------------------------------------------------------------------------------------------------ content
-def _blocks(results: Results, verdicts: list[Verdict], figures: list[figs.Figure], means: pd.DataFrame,
-            effects: pd.DataFrame, th: dict[str, Any], th_path: Any, bench_cv: float,
-            bench_source: str) -> list[Block]:  # fmt: skip
+def _budget_order(budget: str) -> tuple[int, str]:
+    kind = str(budget).split()[0]
+    return ({"tokens": 0, "updates": 1}.get(kind, 2), str(budget))
+
+
+def _budget_words(budget: str) -> str:
+    kind, _, amount = str(budget).partition(" ")
+    if kind == "tokens":
+        return f"Equal tokens ({amount} tokens per run, the thread's setting)"
+    if kind == "updates":
+        return f"Equal updates ({amount} optimizer updates per run)"
+    if kind == "seconds":
+        return f"Equal training time ({amount} s per run)"
+    return f"Budget {budget}"
+
+
+def _split_verdicts(verdicts: list[Verdict], claim: str, splits: list[str]) -> str:
+    v = next((v for v in verdicts if v.claim.id == claim), None)
+    if v is None or v.splits.empty:
+        return "n/a"
+    rows = v.splits[v.splits["split"].isin(splits)]
+    counts = rows["verdict"].value_counts()
+    return ", ".join(f"{k} in {n} of {len(rows)}" for k, n in counts.items()) if len(rows) > 1 else (
+        rows["verdict"].iloc[0] if len(rows) else "n/a")  # fmt: skip
+
+
+def _gap_sentence(part: pd.DataFrame) -> str:
+    """Held-out loss and accuracy of the smallest vs the largest batch size, median over groups."""
+    done = part[part["status"] == "complete"]
+    if done.empty or done["batch_size"].nunique() < 2:
+        return ""
+    lo, hi = int(done["batch_size"].min()), int(done["batch_size"].max())
+    out = []
+    for col, unit, fmt in (("valid_loss", " nats", ".3f"), ("valid_accuracy", "", ".2f")):
+        vals = pd.to_numeric(done[col], errors="coerce")
+        if vals.notna().sum() == 0:
+            continue
+        m = done.assign(v=vals).groupby(["cell", "num_steps", "batch_size"])["v"].mean().unstack("batch_size")
+        if lo in m and hi in m:
+            a, b = m[lo].median(), m[hi].median()
+            out.append(f"held-out {col.removeprefix('valid_')} {a:{fmt}}{unit} at batch {lo} vs {b:{fmt}}{unit} at "
+                       f"batch {hi} (median over cell × num_steps)")  # fmt: skip
+    return "; ".join(out)
+
+
+def _answer(c: Computed) -> list[Block]:
+    """The answer to the thread in a few sentences with numbers: speed first (budget-free), then per budget."""
+    runs = c.results.runs
+    judged = runs[runs["in_verdicts"]]
+    out: list[Block] = [Block("h2", "The answer to the thread")]
+    sp = c.speed
+    if not sp.empty:
+        four = sp[sp["batch_ratio"] == 4]
+        big = sp[sp["batch_size"] == sp.groupby(["task", "cell", "num_steps"])["batch_size"].transform("max")]
+        parts = []
+        if not four.empty:
+            parts.append(f"batch ×4 ran {four['speedup'].median():.2f}× the tokens/s (range "
+                         f"{four['speedup'].min():.2f}–{four['speedup'].max():.2f} over {len(four)} cell × num_steps "
+                         "points; the thread says about 4×)")  # fmt: skip
+        big = big[big["batch_ratio"] > 1]
+        if not big.empty:
+            parts.append(f"the largest batch ({int(big['batch_ratio'].max())}× the smallest) ran "
+                         f"{big['speedup'].median():.1f}× (median)")  # fmt: skip
+        flags = int(sp["superlinear"].sum())
+        out.append(Block("p", (
+            f"**Speed** (the speed phase, each point timed alone, {int(sp['rounds'].median())} rounds): "
+            + "; ".join(parts) + f". Median round-to-round CV {sp['cv'].median():.1%}"
+            + (f"; {flags} point(s) flagged superlinear (a measurement problem)." if flags else ".")
+        )))  # fmt: skip
+    else:
+        out.append(
+            Block(
+                "p",
+                "**Speed:** no speed phase in this folder (speed.parquet absent): C1 and C3 are "
+                "not decided; the training runs' own tokens/s are shown and decide nothing.",
+            )
+        )
+    budgets = sorted(judged["budget"].dropna().unique(), key=_budget_order)
+    if budgets and not any(str(x).startswith("tokens") for x in budgets):
+        out.append(Block("p", "**Equal tokens (the thread's setting):** no run in this folder had a token budget, "
+                              "so the thread's comparison is not made here."))  # fmt: skip
+    for budget in budgets:
+        part = judged[judged["budget"] == budget]
+        splits = sorted(part["split"].unique())
+        text = [f"**{_budget_words(budget)}.**"]
+        if str(budget).startswith("updates"):
+            text.append(
+                "Every run takes the same number of optimizer steps, so a batch k times larger also "
+                "sees k times the tokens: here batch size buys data as well as parallelism, and loss "
+                "gaps measure that extra data, not what batch size does at equal data."
+            )
+        gap = _gap_sentence(part)
+        if gap:
+            text.append(_stop(gap[0].upper() + gap[1:]))
+        text.append(f"C2 (batch size does not change what is learned): {_split_verdicts(c.verdicts, 'C2', splits)}; "
+                    f"C4 (num_steps sets the learned length): {_split_verdicts(c.verdicts, 'C4', splits)}; "
+                    f"C6: {_split_verdicts(c.verdicts, 'C6', splits)}; "
+                    f"C7 (batch 1 erratic): {_split_verdicts(c.verdicts, 'C7', splits)}.")  # fmt: skip
+        fast = c.fastest[c.fastest["split"].isin(splits)]
+        won = fast["first in wall-clock"][fast["first in wall-clock"].map(lambda v: isinstance(v, int))]
+        tied = int(fast["first in wall-clock"].astype(str).str.contains("overlap").sum())
+        if not fast.empty:
+            ttt = c.ttt[c.ttt["split"].isin(splits)]
+            first = (
+                "first in wall-clock: " + ", ".join(f"batch {b} in {n}" for b, n in won.value_counts().items())
+                + f" of {len(fast)} cell × num_steps groups"
+                if not won.empty
+                else "no group has a clear wall-clock winner"
+            ) + (f" ({tied} group(s) tied: intervals overlap)" if tied else "") + (
+                "" if c.results.speed is not None else " (no speed phase: no wall-clock)")  # fmt: skip
+            targets = "; ".join(
+                f"{split.split(' · ')[0]}: {t}" for split, t in ttt.groupby("split")["target"].first().items()
+            )
+            text.append(f"Time to target ({targets}): reached by every seed at "
+                        f"{int(ttt['all_reached'].sum())} of {len(ttt)} grid points; {first}.")  # fmt: skip
+        out.append(Block("p", " ".join(text)))
+    return out
+
+
+def _blocks(c: Computed, figures: list[figs.Figure]) -> list[Block]:
+    results, verdicts, th = c.results, c.verdicts, c.th
     runs = results.runs
     b: list[Block] = [Block("h1", f"What batch_size and num_steps do to a recurrent network — {results.root.name}")]
-    b.append(Block("p", (
-        f"{len(runs)} run records from `{results.root}`. Each claim of the seed thread is judged within "
-        "every setting (task · budget · learning-rate protocol); where settings disagree the verdict is "
-        "**mixed** and the split table shows where. Seeds are replicates; intervals are "
-        f"{th['confidence']:.0%} bootstrap CIs; thresholds from `{th_path or DEFAULT_FILE.name}`."
-    )))  # fmt: skip
+    b += _answer(c)
     b.append(Block("h2", "Verdicts"))
+    b.append(Block("p", (
+        f"{len(runs)} run records from `{results.root}`. Each claim is judged within every setting (task · "
+        "budget · learning-rate protocol); where settings disagree the verdict is **mixed** and the split table "
+        f"shows where. Seeds are replicates; intervals at {th['confidence']:.0%}; thresholds from "
+        f"`{c.th_path or DEFAULT_FILE.name}`."
+    )))  # fmt: skip
     vt = verdict_table(verdicts).rename(columns=str.capitalize)
     b.append(Block("table", table=vt[["Claim", "Statement", "Verdict", "Statistic", "Evidence"]]))
     b.append(Block("p", "How each claim is measured and compared:"))
     b.append(Block("table", table=vt[["Claim", "Metric", "Comparison"]]))
+
     b.append(Block("h2", "Protocol"))
-    b.append(Block("table", table=tables.protocol(runs)))
+    proto = tables.protocol(runs)
+    extra = pd.DataFrame([
+        ("seeds per grid point", tables.seeds_per_point(runs)),
+        ("speed phase", tables.speed_settings(results.speed, results.speed_plan)),
+    ], columns=["item", "value"])  # fmt: skip
+    b.append(Block("table", table=pd.concat([proto, extra], ignore_index=True)))
+    if not c.lr.empty:
+        b.append(
+            Block(
+                "p",
+                "Learning rate chosen by the lr search per (task, cell) against batch size, and the "
+                "fitted exponent a of lr ∝ batch_size^a (1: linear scaling, 0.5: square root):",
+            )
+        )
+        b.append(Block("table", table=_round(c.lr)))
     b.append(Block("table", table=tables.run_counts(runs, results.skipped, results.missing, results.grid_points)))
-    noise = (
-        f"Speed verdicts widen their intervals by the bench's timing spread (CV {bench_cv:.1%}, {bench_source})."
-        if bench_source
-        else f"No {STABILITY_FILE} found: speed verdicts rely on the spread of tokens/s across seeds alone."
-    )
-    b.append(Block("p", noise))
-    shared = tables.shared_cores_note(runs)
-    if shared:
-        b.append(Block("p", shared))
     problems = tables.problem_runs(runs)
     if not problems.empty:
         b.append(Block("h3", "Failed and diverged runs"))
@@ -158,21 +313,77 @@ def _blocks(results: Results, verdicts: list[Verdict], figures: list[figs.Figure
         b.append(Block("h3", "Grid points without a record"))
         b.append(Block("table", table=results.missing))
 
-    b.append(Block("h2", "Claims in detail"))
-    for v in verdicts:
-        b.append(Block("h3", f"{v.claim.id} — {v.claim.text}: {v.verdict}"))
+    b.append(Block("h2", "Speed"))
+    under_load = int(runs.get("timed_under_load", pd.Series(dtype=bool)).fillna(False).astype(bool).sum())
+    b.append(Block("p", (
+        "C1 and C3 are judged from the speed phase only: every point timed alone, rounds interleaved, warm-up "
+        "excluded. CV is the round-to-round coefficient of variation of tokens/s; the speed-up over the smallest "
+        "batch of the same cell and num_steps pairs the rounds, with a t-interval on the log ratios; "
+        "**superlinear** marks an interval wholly above the batch ratio, which no parallelism explains (a "
+        "measurement problem). "
+        + (f"The training runs' own tokens/s ({under_load} runs) were timed under load, beside other jobs: they "
+           "are shown, and decide no speed verdict." if under_load else
+           "The training runs' own tokens/s decide no speed verdict.")
+    )))  # fmt: skip
+    if not c.speed.empty:
+        b.append(Block("table", table=_round(c.speed)))
+    else:
+        b.append(Block("p", "*No speed phase in this folder (speed.parquet absent).*"))
+
+    b.append(Block("h2", "Time to target"))
+    b.append(Block("p", tables.TARGET_RULE.format(**tables.TARGETS)))
+    if not c.ttt.empty:
+        b.append(Block("p", "Updates to target (geometric mean [t-interval] over seeds; k/n where not all reached):"))
+        b.append(Block("table", table=tables.ttt_wide(c.ttt, "updates")))
+        b.append(Block("p", "Wall-clock seconds to target (tokens to target × the speed phase's seconds per token):"))
+        b.append(Block("table", table=tables.ttt_wide(c.ttt, "seconds")))
         b.append(
             Block(
                 "p",
-                f"**Metric:** {v.claim.metric}. **Comparison:** {v.claim.comparison}. "
-                f"**Statistic:** {v.statistic if len(v.splits) <= 1 else 'per setting, in the table below'}.",
+                "Which batch size gets there first, per cell and num_steps (points whose seeds all "
+                "reached the target):",
             )
         )
+        b.append(Block("table", table=_round(c.fastest)))
+    else:
+        b.append(Block("p", "*No run has both a target and held-out evaluations.*"))
+
+    b.append(Block("h2", "Critical batch size (gradient noise scale)"))
+    verdict_of = {v.claim.id: v.verdict for v in verdicts}
+    b.append(Block("p", (
+        "B_simple = tr(Σ)/|G|² (McCandlish et al. 2018, appendix A), estimated from gradient norms at two batch "
+        "sizes at every held-out evaluation: below it a bigger batch cuts the updates needed almost "
+        "proportionally, above it hardly at all — the bound on what batch size can buy (C1 "
+        f"{verdict_of.get('C1', 'n/a')}, C2 {verdict_of.get('C2', 'n/a')}). Geometric mean over seeds of the "
+        "median over batch sizes, with a log-scale t-interval; stage = fraction of the run's budget."
+    )))  # fmt: skip
+    if not c.noise.empty:
+        b.append(Block("table", table=tables.noise_wide(c.noise)))
+    else:
+        b.append(Block("p", "*No evaluation recorded a noise scale (records older than the measure).*"))
+
+    b.append(Block("h2", "Claims in detail"))
+    for v in verdicts:
+        b.append(Block("h3", f"{v.claim.id} — {v.claim.text}: {v.verdict}"))
+        b.append(Block("p", (
+            f"**Metric:** {v.claim.metric}. **Comparison:** {v.claim.comparison}. "
+            f"**Statistic:** {v.statistic if len(v.splits) <= 1 else 'per setting, in the table below'}."
+        )))  # fmt: skip
         b.append(Block("p", v.sentence))
         if len(v.splits) > 1:
             b.append(Block("table", table=v.splits[["split", "verdict", "statistic", "runs"]]))
         if not v.details.empty:
             b.append(Block("table", table=_round(v.details)))
+        deciding = _frame(v, "deciding")
+        if not deciding.empty:
+            more = len(deciding) - SHOW_DECIDING
+            tail = f"; the first {SHOW_DECIDING} shown, all in deciding_runs.csv" if more > 0 else ""
+            b.append(Block("p", f"Runs this verdict rests on ({len(deciding)}{tail}):"))
+            b.append(Block("table", table=deciding.head(SHOW_DECIDING)))
+        uninf = _frame(v, "uninformative")
+        if not uninf.empty:
+            b.append(Block("p", f"Uninformative groups, listed and not counted as agreement ({len(uninf)}):"))
+            b.append(Block("table", table=uninf))
 
     b.append(Block("h2", "Figures"))
     for f in figures:
@@ -187,10 +398,10 @@ def _blocks(results: Results, verdicts: list[Verdict], figures: list[figs.Figure
         "complete runs, per setting: the share of the outcome's variance (left after the other factors) the "
         "factor explains."
     )))  # fmt: skip
-    b.append(Block("table", table=_round(effects)) if not effects.empty else Block("p", "*Too few runs.*"))
+    b.append(Block("table", table=_round(c.effects)) if not c.effects.empty else Block("p", "*Too few runs.*"))
     b.append(Block("h2", "Per-cell means"))
-    b.append(Block("p", "Mean over seeds [bootstrap CI] per grid point (complete runs)."))
-    wide = tables.means_wide(means)
+    b.append(Block("p", "Mean over seeds [CI] per grid point (complete runs)."))
+    wide = tables.means_wide(c.means)
     b.append(Block("table", table=wide) if not wide.empty else Block("p", "*No complete runs.*"))
     return b
 

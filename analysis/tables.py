@@ -7,9 +7,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-
-from analysis.stats import cell_means, partial_eta2
-from analysis.verdicts import prepare
+from scipy import stats
 
 # outcome column -> label a reader understands (the ANOVA and the mean tables use the same list)
 OUTCOMES = {
@@ -35,6 +33,9 @@ MEAN_OUTCOMES = {
 
 def effect_sizes(runs: pd.DataFrame) -> pd.DataFrame:
     """Partial eta^2 of batch_size, num_steps and cell on each outcome, per setting (complete runs)."""
+    from analysis.stats import partial_eta2  # here: the speed, target and noise tables need no verdicts
+    from analysis.verdicts import prepare
+
     df = prepare(runs)
     df = df[df["status"] == "complete"]
     rows = []
@@ -50,6 +51,9 @@ def effect_sizes(runs: pd.DataFrame) -> pd.DataFrame:
 
 def means_table(runs: pd.DataFrame, th: dict[str, Any]) -> pd.DataFrame:
     """Tidy: per setting, cell, batch_size, num_steps and outcome, the mean over seeds with a bootstrap CI."""
+    from analysis.stats import cell_means
+    from analysis.verdicts import prepare
+
     df = prepare(runs)
     df = df[df["status"] == "complete"]
     outcomes = [o for o in MEAN_OUTCOMES if o in df and pd.to_numeric(df[o], errors="coerce").notna().any()]
@@ -136,6 +140,7 @@ def protocol(runs: pd.DataFrame) -> pd.DataFrame:
         ("seeds", _levels(runs, "seed")),
         ("hidden size", uniq("cfg.model.hidden_size")),
         ("learned span from", uniq("span_source")),
+        ("measures these records lack (shown as missing)", missing_measures(runs)),
         ("hardware", hardware),
         ("versions (runs)", _versions(runs)),
         (
@@ -146,18 +151,16 @@ def protocol(runs: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["item", "value"])
 
 
-def shared_cores_note(runs: pd.DataFrame) -> str:
-    """Speeds timed while jobs shared the machine are lower than alone: say so where it happened."""
-    if "env.parallel_jobs" not in runs:
-        return ""
-    jobs = pd.to_numeric(runs["env.parallel_jobs"], errors="coerce")
-    if not (jobs > 1).any():
-        return ""
-    return (
-        f"{int((jobs > 1).sum())} runs were timed while up to {int(jobs.max())} jobs ran in parallel: their "
-        "absolute tokens/s are lower than a lone run's, and speed ratios are fair only between runs timed "
-        "under the same load."
-    )
+# measures added after the first record version: an older record leaves them empty, and the report says so
+NEW_MEASURES = ("effective_context_censored", "gradient_flat", "gradient_horizon_censored", "growth_slope",
+                "growth_slope_initial", "loss_jitter", "loss_jitter_rel", "grad_norm_cv_late")  # fmt: skip
+
+
+def missing_measures(runs: pd.DataFrame) -> str:
+    """The newer measures no finished record carries (records written before they existed)."""
+    done = runs[runs["status"].isin(["complete", "diverged"])]
+    absent = [m for m in NEW_MEASURES if m not in done or done[m].isna().all()]
+    return ", ".join(absent) or "none"
 
 
 def _int(x: Any) -> str:
@@ -170,10 +173,16 @@ def _levels(runs: pd.DataFrame, col: str) -> str:
 
 
 def _optim(runs: pd.DataFrame) -> str:
+    """One entry per optimizer and lr rule: a searched or tuned lr is named once (its values are in the lr
+    table), never listed run by run."""
     if "cfg.optim.lr" not in runs:
         return "n/a"
-    combos = runs.groupby(["optimizer", "cfg.optim.lr", "lr_scaling"], dropna=False).size()
-    return "; ".join(f"{o} lr {lr:g} (scaling {s})" for (o, lr, s), _ in combos.items())
+    chosen = runs["lr_protocol"].isin(["searched", "tuned"]) | runs["tuning_trial"].astype(bool)
+    fixed = runs[~chosen].groupby(["optimizer", "cfg.optim.lr", "lr_scaling"], dropna=False).size()
+    parts = [f"{o} lr {lr:g} (scaling {s})" for (o, lr, s), _ in fixed.items()]
+    for (o, proto), _ in runs[chosen].groupby(["optimizer", "protocol"], dropna=False).size().items():
+        parts.append(f"{o}, {proto} per grid cell (values: lr table below)")
+    return "; ".join(parts)
 
 
 def _versions(runs: pd.DataFrame) -> str:
@@ -207,3 +216,391 @@ def problem_runs(runs: pd.DataFrame) -> pd.DataFrame:
         return f"loss or gradient non-finite at update {int(at)}" if pd.notna(at) else "loss or gradient non-finite"
 
     return pd.DataFrame({"run": bad["run_id"], "status": bad["status"], "what happened": bad.apply(what, axis=1)})
+
+
+# --------------------------------------------------------------------------------------------- speed phase
+SPEED_KEYS = ["task", "cell", "batch_size", "num_steps"]
+
+
+def log_t_interval(values: Any, level: float = 0.95) -> tuple[float, float, float, int]:
+    """Geometric mean of positive values with a t-interval computed on their logs (NaN bounds below 2)."""
+    x = np.asarray(pd.to_numeric(pd.Series(values), errors="coerce"), dtype=float)
+    x = x[np.isfinite(x) & (x > 0)]
+    if len(x) == 0:
+        return np.nan, np.nan, np.nan, 0
+    if len(x) == 1:
+        return float(x[0]), np.nan, np.nan, 1
+    logs = np.log(x)
+    centre = float(np.exp(logs.mean()))
+    if np.ptp(logs) == 0:  # identical values: a zero-width interval (scipy would return NaN)
+        return float(x[0]), float(x[0]), float(x[0]), len(x)
+    low, high = stats.ttest_1samp(logs, 0.0).confidence_interval(confidence_level=level)
+    return centre, float(np.exp(low)), float(np.exp(high)), len(x)
+
+
+def speed_table(speed: pd.DataFrame | None, level: float = 0.95) -> pd.DataFrame:
+    """Per (task, cell, batch_size, num_steps) of the speed phase: median tokens/s and µs per update over the
+    rounds, their round-to-round CV, and the speed-up over the smallest batch of the same (task, cell,
+    num_steps) — per-round ratios paired by round, t-interval on their logs. `superlinear` flags a speed-up
+    whose interval lies wholly above the batch ratio: more than linear scaling is a measurement problem."""
+    cols = [*SPEED_KEYS, "rounds", "tokens_per_s", "us_per_update", "cv", "batch_ratio", "speedup",
+            "speedup_ci_low", "speedup_ci_high", "superlinear"]  # fmt: skip
+    if speed is None or speed.empty:
+        return pd.DataFrame(columns=cols)
+    missing = [c for c in [*SPEED_KEYS, "round", "tokens_per_s"] if c not in speed]
+    if missing:
+        raise ValueError(f"speed.parquet lacks column {missing[0]}")
+    df = speed.copy()
+    df["tokens_per_s"] = pd.to_numeric(df["tokens_per_s"], errors="coerce")
+    if "us_per_update" not in df:
+        df["us_per_update"] = np.nan
+    rows = []
+    for (task, cell, ns), group in df.groupby(["task", "cell", "num_steps"], sort=True):
+        base_bs = group["batch_size"].min()
+        base = group[group["batch_size"] == base_bs].groupby("round")["tokens_per_s"].median()
+        for bs, point in group.groupby("batch_size", sort=True):
+            tps = point["tokens_per_s"].dropna()
+            by_round = point.groupby("round")["tokens_per_s"].median()
+            paired = (by_round / base).dropna()
+            ratio = float(bs) / float(base_bs)
+            if bs == base_bs:
+                up, lo, hi = 1.0, np.nan, np.nan
+            else:
+                up, lo, hi, _ = log_t_interval(paired, level)
+            mean = tps.mean()
+            rows.append({
+                "task": task, "cell": cell, "batch_size": int(bs), "num_steps": int(ns), "rounds": len(tps),
+                "tokens_per_s": float(tps.median()) if len(tps) else np.nan,
+                "us_per_update": float(pd.to_numeric(point["us_per_update"], errors="coerce").median()),
+                "cv": float(tps.std(ddof=1) / mean) if len(tps) > 1 and mean > 0 else np.nan,
+                "batch_ratio": ratio, "speedup": up, "speedup_ci_low": lo, "speedup_ci_high": hi,
+                "superlinear": bool(np.isfinite(lo) and lo > ratio),
+            })  # fmt: skip
+    return pd.DataFrame(rows, columns=cols)
+
+
+def speed_settings(speed: pd.DataFrame | None, plan: dict[str, Any] | None) -> str:
+    """Rounds, timed-segment length, threads and device of the speed phase, in one line."""
+    if speed is None or speed.empty:
+        return "no speed phase (speed.parquet absent): no speed verdict can be decided"
+    plan = plan or {}
+    inner = plan.get("plan") if isinstance(plan.get("plan"), dict) else plan
+
+    def uniq(col: str) -> str:
+        return "/".join(sorted(speed[col].dropna().astype(str).unique())) if col in speed else "?"
+
+    rounds = int(speed["round"].nunique()) if "round" in speed else "?"
+    seg = ""
+    if {"seconds", "updates"} <= set(speed.columns):
+        seg = (f"; timed segments {speed['seconds'].min():.2f}–{speed['seconds'].max():.2f} s, "
+               f"{int(speed['updates'].min())}–{int(speed['updates'].max())} updates")  # fmt: skip
+    asked = ""
+    if "min_seconds" in inner or "min_updates" in inner:
+        asked = (f" (asked: ≥ {inner.get('min_seconds', '?')} s and ≥ {inner.get('min_updates', '?')} updates, "
+                 f"{inner.get('warmup_updates', '?')} warm-up updates excluded)")  # fmt: skip
+    cpu = f", CPU {uniq('cpu')}" if "cpu" in speed else ""
+    return (f"{rounds} rounds interleaved round-robin, {len(speed.groupby(SPEED_KEYS))} points{seg}{asked}; "
+            f"{uniq('threads')} torch thread(s), device {uniq('device')}{cpu}, one job at a time")  # fmt: skip
+
+
+# ----------------------------------------------------------------------------------------- time to target
+TARGETS = {"echo_accuracy": 0.9, "lags_span": 8, "text_perplexity": None}
+TARGET_RULE = (
+    "A run reaches its target at the first held-out evaluation that meets it — echo: accuracy at its lag ≥ "
+    "{echo_accuracy:g}; lags: recalled span ≥ {lags_span:g} (a lag counts when its accuracy is ≥ chance + "
+    "measure.chance_margin and every shorter lag does too; the evaluations store no counts, so the Wilson "
+    "condition of the final span is not applied); text: perplexity ≤ the preset's eval.target_perplexity "
+    "(no target set: not measured). Tokens and updates are read at that evaluation; wall-clock = tokens × the "
+    "speed phase's median seconds per token of the same (task, cell, batch_size, num_steps) (— where the speed "
+    "phase did not time that point). Per grid point: k/n seeds reached; the geometric mean with a t-interval "
+    "on the log scale over seeds only when every seed reached it; otherwise the median with the runs that "
+    'did not reach it counted as later than any that did ("not reached" when fewer than half reached).'
+)
+
+
+def _eval_span(row: pd.Series, lag_cols: list[str], chance: float, margin: float) -> float:
+    span = 0
+    for col in lag_cols:
+        acc = row.get(col)
+        if acc is None or pd.isna(acc):
+            continue  # a head with no target is skipped, as in the final span
+        if acc < chance + margin:
+            break
+        span = int(col.removeprefix("acc_lag_"))
+    return float(span)
+
+
+def _reached_mask(run: pd.Series, ev: pd.DataFrame, targets: dict[str, Any]) -> tuple[pd.Series | None, str]:
+    """Per evaluation row of one run: whether the target is met, and the target in words (None: no target)."""
+    task = run.get("task")
+    if task == "echo":
+        lag = run.get("cfg.task.lag")
+        col = "accuracy" if "accuracy" in ev and ev["accuracy"].notna().any() else f"acc_lag_{_int(lag)}"
+        if col not in ev:
+            return None, "no accuracy column"
+        return pd.to_numeric(ev[col], errors="coerce") >= targets["echo_accuracy"], (
+            f"accuracy ≥ {targets['echo_accuracy']:g}")  # fmt: skip
+    if task == "lags":
+        lag_cols = sorted((c for c in ev if c.startswith("acc_lag_")), key=lambda c: int(c.removeprefix("acc_lag_")))
+        chance = pd.to_numeric(pd.Series([run.get("chance_accuracy")]), errors="coerce").iloc[0]
+        margin = pd.to_numeric(pd.Series([run.get("cfg.measure.chance_margin", 0.1)]), errors="coerce").iloc[0]
+        if not lag_cols or pd.isna(chance):
+            return None, "no accuracy per lag"
+        margin = 0.1 if pd.isna(margin) else float(margin)
+        span = ev.apply(_eval_span, axis=1, args=(lag_cols, float(chance), margin))
+        return span >= targets["lags_span"], f"span ≥ {targets['lags_span']:g}"
+    if task == "text":
+        target = run.get("cfg.eval.target_perplexity", targets.get("text_perplexity"))
+        target = pd.to_numeric(pd.Series([target]), errors="coerce").iloc[0]
+        if pd.isna(target) or "loss" not in ev:
+            return None, "no target perplexity in the preset"
+        return np.exp(pd.to_numeric(ev["loss"], errors="coerce").clip(upper=50)) <= target, f"perplexity ≤ {target:g}"
+    return None, f"no target for task {task}"
+
+
+def time_to_target_runs(runs: pd.DataFrame, evals: pd.DataFrame, speed: pd.DataFrame | None,
+                        targets: dict[str, Any] | None = None) -> pd.DataFrame:  # fmt: skip
+    """One row per run: the target, whether and where (tokens, updates, wall-clock seconds) it was reached."""
+    targets = {**TARGETS, **(targets or {})}
+    sec_per_token = {}
+    st = speed_table(speed)
+    for r in st.itertuples(index=False):
+        if r.tokens_per_s > 0:
+            sec_per_token[(r.task, r.cell, int(r.batch_size), int(r.num_steps))] = 1.0 / r.tokens_per_s
+    cols = ["run_id", "split", "task", "cell", "batch_size", "num_steps", "seed", "target", "reached", "tokens",
+            "updates", "seconds"]  # fmt: skip
+    rows = []
+    by_run = dict(tuple(evals.groupby("run_id"))) if not evals.empty and "run_id" in evals else {}
+    for _, run in runs.iterrows():
+        ev = by_run.get(run["run_id"])
+        if ev is None or ev.empty:
+            continue
+        ev = ev.sort_values("step") if "step" in ev else ev
+        mask, target = _reached_mask(run, ev, targets)
+        if mask is None:
+            continue
+        hit = ev[mask.fillna(False).to_numpy()]
+        first = hit.iloc[0] if not hit.empty else None
+        tokens = float(first["tokens"]) if first is not None and "tokens" in first else np.nan
+        key = (run["task"], run["cell"], int(run["batch_size"]), int(run["num_steps"]))
+        spt = sec_per_token.get(key)
+        rows.append({
+            "run_id": run["run_id"], "split": run["split"], "task": run["task"], "cell": run["cell"],
+            "batch_size": int(run["batch_size"]), "num_steps": int(run["num_steps"]), "seed": run["seed"],
+            "target": target, "reached": first is not None, "tokens": tokens,
+            "updates": float(first["step"]) if first is not None and "step" in first else np.nan,
+            "seconds": tokens * spt if spt is not None and np.isfinite(tokens) else np.nan,
+        })  # fmt: skip
+    return pd.DataFrame(rows, columns=cols)
+
+
+def _censored_median(values: pd.Series, reached: pd.Series) -> float:
+    """Median where runs that did not reach the target count as later than every run that did: NaN (not
+    reached) when fewer than half reached, and NaN when a run that reached it has no value (not timed)."""
+    hit = reached.to_numpy(bool)
+    vals = values.to_numpy(float)
+    if np.isnan(vals[hit]).any() or len(vals) == 0:
+        return np.nan
+    med = float(np.median(np.where(hit, vals, np.inf)))
+    return med if np.isfinite(med) else np.nan
+
+
+def time_to_target(runs: pd.DataFrame, evals: pd.DataFrame, speed: pd.DataFrame | None,
+                   targets: dict[str, Any] | None = None, level: float = 0.95) -> pd.DataFrame:  # fmt: skip
+    """Per (split, cell, batch_size, num_steps): seeds reached k/n and, per measure (updates, tokens,
+    seconds), the geometric mean with a log-scale t-interval (all seeds reached) or a censored median."""
+    per_run = time_to_target_runs(runs, evals, speed, targets)
+    keys = ["split", "cell", "batch_size", "num_steps"]
+    out = []
+    for key, g in per_run.groupby(keys, sort=True):
+        n, k = len(g), int(g["reached"].sum())
+        row: dict[str, Any] = dict(zip(keys, key, strict=True))
+        row.update(target=g["target"].iloc[0], seeds=n, reached=k)
+        for m in ("updates", "tokens", "seconds"):
+            vals = g[m]
+            if k == n and vals.notna().all():
+                c, lo, hi, _ = log_t_interval(vals, level)
+            else:
+                c, lo, hi = _censored_median(vals, g["reached"]), np.nan, np.nan
+            row.update({m: c, f"{m}_ci_low": lo, f"{m}_ci_high": hi})
+        row["all_reached"] = k == n
+        out.append(row)
+    cols = [*keys, "target", "seeds", "reached", "all_reached"] + [
+        f"{m}{s}" for m in ("updates", "tokens", "seconds") for s in ("", "_ci_low", "_ci_high")]  # fmt: skip
+    return pd.DataFrame(out, columns=cols)
+
+
+def _first(ok: pd.DataFrame, m: str) -> tuple[int | str | None, float]:
+    """The batch size with the smallest `m`, or the tied ones: every point whose interval (or, without one,
+    its value) reaches down to the best point's upper end is a contender."""
+    pts = ok.dropna(subset=[m])
+    if pts.empty:
+        return None, np.nan
+    best = pts.loc[pts[m].idxmin()]
+    upper = best[f"{m}_ci_high"] if np.isfinite(best[f"{m}_ci_high"]) else best[m]
+    low = pts[f"{m}_ci_low"].where(np.isfinite(pts[f"{m}_ci_low"]), pts[m])
+    tied = sorted(int(b) for b in pts.loc[low <= upper, "batch_size"])
+    if len(tied) == 1:
+        return tied[0], float(best[m])
+    return " = ".join(map(str, tied)) + " (intervals overlap)", float(best[m])
+
+
+def fastest_batch(ttt: pd.DataFrame) -> pd.DataFrame:
+    """Per (split, cell, num_steps): the batch size that reaches the target first in wall-clock (and in
+    updates), among grid points whose seeds all reached it; ties where the intervals overlap the best one."""
+    cols = ["split", "cell", "num_steps", "first in wall-clock", "seconds", "first in updates", "updates",
+            "points reached (all seeds)"]  # fmt: skip
+    rows = []
+    for (split, cell, ns), g in ttt.groupby(["split", "cell", "num_steps"], sort=True):
+        ok = g[g["all_reached"]]
+        by_time, sec = _first(ok, "seconds")
+        by_upd, upd = _first(ok, "updates")
+        rows.append({
+            "split": split, "cell": cell, "num_steps": int(ns),
+            "first in wall-clock": by_time if by_time is not None else "none timed and reached",
+            "seconds": sec, "first in updates": by_upd if by_upd is not None else "none reached", "updates": upd,
+            "points reached (all seeds)": f"{len(ok)}/{len(g)}",
+        })  # fmt: skip
+    return pd.DataFrame(rows, columns=cols)
+
+
+def show_ttt(ttt: pd.DataFrame) -> pd.DataFrame:
+    """The time-to-target table as text: 'value [low, high]', 'median ≥ ... (censored)' or 'not reached'."""
+    if ttt.empty:
+        return ttt
+
+    def cell(r: pd.Series, m: str) -> str:
+        v = r[m]
+        if not np.isfinite(v):
+            return "— (not timed)" if m == "seconds" and np.isfinite(r["updates"]) else "not reached"
+        fmt = ".3g"
+        if r["all_reached"] and np.isfinite(r[f"{m}_ci_low"]):
+            return f"{v:{fmt}} [{r[f'{m}_ci_low']:{fmt}}, {r[f'{m}_ci_high']:{fmt}}]"
+        if r["all_reached"]:
+            return f"{v:{fmt}}"
+        return f"median {v:{fmt}} (censored)"
+
+    return _show_ttt_long(ttt, cell)
+
+
+def ttt_wide(ttt: pd.DataFrame, measure: str) -> pd.DataFrame:
+    """One row per (split, cell, num_steps), a column per batch size: the measure ("updates" or "seconds") as
+    text, with k/n seeds where not every seed reached the target."""
+    if ttt.empty:
+        return ttt
+    long = show_ttt(ttt)
+    col = {"updates": "updates", "tokens": "tokens", "seconds": "wall-clock s"}[measure]
+    text = long[col].where(ttt["all_reached"].to_numpy(), long[col] + " (" + long["reached"] + ")")
+    wide = long.assign(text=text, bs="batch " + long["batch_size"].astype(str)).pivot_table(
+        index=["split", "cell", "num_steps"], columns="bs", values="text", aggfunc="first"
+    )
+    order = sorted(wide.columns, key=lambda c: int(c.split()[1]))
+    return wide[order].reset_index().rename_axis(columns=None)
+
+
+def _show_ttt_long(ttt: pd.DataFrame, cell) -> pd.DataFrame:
+    return pd.DataFrame({
+        "split": ttt["split"], "cell": ttt["cell"], "batch_size": ttt["batch_size"].astype(int),
+        "num_steps": ttt["num_steps"].astype(int), "target": ttt["target"],
+        "reached": [f"{k}/{n}" for k, n in zip(ttt["reached"], ttt["seeds"], strict=True)],
+        "updates": ttt.apply(cell, axis=1, m="updates"), "tokens": ttt.apply(cell, axis=1, m="tokens"),
+        "wall-clock s": ttt.apply(cell, axis=1, m="seconds"),
+    })  # fmt: skip
+
+
+# ----------------------------------------------------------------------------------------- noise scale
+NOISE_COLUMNS = ("noise_b_simple", "noise_g2", "noise_trace")
+
+
+def noise_scale_table(runs: pd.DataFrame, evals: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:
+    """Gradient noise scale B_simple = tr(Σ)/|G|² (McCandlish et al. 2018) per (split, cell, num_steps) at each
+    stage of training (fraction of the run's budget at the evaluation, to 0.05): per seed the median over the
+    batch sizes, then the geometric mean over seeds with a t-interval on logs. `above` lists the grid's batch
+    sizes above the interval: there more batch stops saving updates."""
+    cols = ["split", "cell", "num_steps", "progress", "b_simple", "ci_low", "ci_high", "seeds", "g2", "trace",
+            "grid batch sizes", "above B_simple"]  # fmt: skip
+    if evals.empty or "noise_b_simple" not in evals:
+        return pd.DataFrame(columns=cols)
+    ev = evals.copy()
+    for c in NOISE_COLUMNS:
+        ev[c] = pd.to_numeric(ev[c], errors="coerce") if c in ev else np.nan
+    ev = ev[ev["noise_b_simple"].notna()]
+    if ev.empty:
+        return pd.DataFrame(columns=cols)
+    last = ev.groupby("run_id")["step"].transform("max") if "step" in ev else None
+    ev["progress"] = (ev["step"] / last).round(2) if last is not None else np.nan
+    ev["progress"] = (ev["progress"] / 0.05).round() * 0.05
+    grid = runs.groupby(["split", "cell", "num_steps"])["batch_size"].agg(lambda s: sorted({int(v) for v in s}))
+    rows = []
+    for (split, cell, ns, prog), g in ev.groupby(["split", "cell", "num_steps", "progress"], sort=True):
+        per_seed = g.groupby("seed")["noise_b_simple"].median()
+        c, lo, hi, n = log_t_interval(per_seed, level)
+        sizes = grid.get((split, cell, ns), [])
+        bound = hi if np.isfinite(hi) else c
+        rows.append({
+            "split": split, "cell": cell, "num_steps": int(ns), "progress": float(prog), "b_simple": c,
+            "ci_low": lo, "ci_high": hi, "seeds": n, "g2": float(g["noise_g2"].median()),
+            "trace": float(g["noise_trace"].median()), "grid batch sizes": ", ".join(map(str, sizes)),
+            "above B_simple": ", ".join(str(b) for b in sizes if np.isfinite(bound) and b > bound) or "none",
+        })  # fmt: skip
+    return pd.DataFrame(rows, columns=cols)
+
+
+# ------------------------------------------------------------------------------------------ lr protocol
+def noise_wide(noise: pd.DataFrame) -> pd.DataFrame:
+    """One row per (split, cell, num_steps), a column per stage of training: 'B [low, high]', and the grid's
+    batch sizes above B_simple at the last stage."""
+    if noise.empty:
+        return noise
+
+    def show(r: pd.Series) -> str:
+        ci = f" [{r['ci_low']:.3g}, {r['ci_high']:.3g}]" if np.isfinite(r["ci_low"]) else ""
+        return f"{r['b_simple']:.3g}{ci}"
+
+    keys = ["split", "cell", "num_steps"]
+    df = noise.assign(text=noise.apply(show, axis=1), stage="at " + noise["progress"].map(lambda p: f"{p:.0%}"))
+    wide = df.pivot_table(index=keys, columns="stage", values="text", aggfunc="first")
+    wide = wide[sorted(wide.columns, key=lambda c: float(c[3:-1]))]
+    last = df.sort_values("progress").groupby(keys)[["seeds", "grid batch sizes", "above B_simple"]].last()
+    return wide.join(last.rename(columns={"above B_simple": "above B_simple (last stage)"})).reset_index()
+
+
+def lr_summary(lr_search: dict[str, Any] | None, level: float = 0.95) -> pd.DataFrame:
+    """Per (task, cell) of lr_search.json's chosen learning rates: lr at each batch size and the fitted
+    exponent a of lr ∝ batch_size^a (least squares on logs, t-interval when three or more batch sizes)."""
+    cols = ["task", "cell", "lr by batch size", "exponent", "exponent CI", "seeds per lr"]
+    if not lr_search or not lr_search.get("chosen"):
+        return pd.DataFrame(columns=cols)
+    chosen = pd.DataFrame(lr_search["chosen"])
+    for c in ("task", "cell", "batch_size", "lr"):
+        if c not in chosen:
+            raise ValueError(f"lr_search.json: chosen rows lack field {c}")
+    chosen["batch_size"] = pd.to_numeric(chosen["batch_size"], errors="coerce")
+    chosen["lr"] = pd.to_numeric(chosen["lr"], errors="coerce")
+    rows = []
+    for (task, cell), g in chosen.groupby(["task", "cell"], sort=True):
+        g = g.dropna(subset=["batch_size", "lr"]).sort_values("batch_size")
+        g = g[(g["batch_size"] > 0) & (g["lr"] > 0)]
+        slope, ci = np.nan, ""
+        if g["batch_size"].nunique() >= 2:
+            fit = stats.linregress(np.log(g["batch_size"]), np.log(g["lr"]))
+            slope = float(fit.slope)
+            if len(g) >= 3:
+                half = stats.t.ppf(0.5 + level / 2, len(g) - 2) * fit.stderr
+                ci = f"[{slope - half:.2f}, {slope + half:.2f}]"
+        rows.append({
+            "task": task, "cell": cell,
+            "lr by batch size": ", ".join(f"{int(b)}: {x:.3g}" for b, x in zip(g["batch_size"], g["lr"], strict=True)),
+            "exponent": slope, "exponent CI": ci,
+            "seeds per lr": "/".join(sorted({str(int(n)) for n in g["n"].dropna()})) if "n" in g else "?",
+        })  # fmt: skip
+    return pd.DataFrame(rows, columns=cols)
+
+
+def seeds_per_point(runs: pd.DataFrame) -> str:
+    """How many seeds each grid point has (e.g. "5 (all 96 points)" or "3-5")."""
+    judged = runs[runs["in_verdicts"]] if "in_verdicts" in runs else runs
+    n = judged.groupby(["split", "cell", "batch_size", "num_steps"])["seed"].nunique()
+    if n.empty:
+        return "n/a"
+    return f"{n.min()} ({len(n)} points)" if n.min() == n.max() else f"{n.min()}–{n.max()} over {len(n)} points"

@@ -10,12 +10,23 @@ import yaml
 DEFAULT_FILE = Path(__file__).with_name("thresholds.yaml")
 # Keys every verdict reads: a thresholds file without one of them is refused up front, not half-way through.
 _REQUIRED = {
-    "": ("min_seeds", "min_levels", "confidence", "n_resamples", "bootstrap_seed", "bootstrap_method"),
-    "c1": ("min_rho", "min_eta2", "min_fraction_faster"),
-    "c2": ("max_rel_loss_gap", "max_acc_gap", "max_log2_gap", "max_eta2"),
+    "": (
+        "min_seeds",
+        "recommended_seeds",
+        "min_levels",
+        "confidence",
+        "alpha",
+        "n_resamples",
+        "bootstrap_seed",
+        "majority",
+    ),
+    "speed": ("min_rounds",),
+    "c1": ("min_fraction_faster",),
+    "c2": ("loss_margin", "accuracy_margin", "capacity_margin", "chance_margin"),
     "c3": ("ratio", "tolerance"),
-    "c4": ("min_rho", "min_eta2"),
-    "c5": ("min_rho", "min_growth"),
+    "c4": ("min_rho", "min_length", "bound_ok", "bound_broken"),
+    "c5": ("min_slope",),
+    "c7": ("min_factor",),
 }
 
 
@@ -39,4 +50,6 @@ def load_thresholds(path: str | Path | None = None) -> dict[str, Any]:
             if key not in node:
                 name = f"{section}.{key}" if section else key
                 raise ThresholdsError(f"thresholds file {path}: '{name}' is missing")
+    if "default" not in th["c2"]["loss_margin"]:
+        raise ThresholdsError(f"thresholds file {path}: 'c2.loss_margin.default' is missing")
     return th

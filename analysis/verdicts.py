@@ -1,25 +1,35 @@
-"""Claim verdicts C1-C6 as pure functions of a tidy run table and the thresholds.
+"""Claim verdicts C1-C7 as pure functions of a tidy run table, the speed-phase table and the thresholds.
 
-Input: one row per run with at least `cell, batch_size, num_steps, seed, status` and the outcomes a claim
-reads (`tokens_per_s`, `valid_loss`, `valid_accuracy`, `span`, `effective_context`, `gradient_horizon`,
-`grad_norm_max`, ...); `split` (or `task`/`budget`/`protocol`) names the setting a row belongs to. Each claim
-is judged within every split; when the splits disagree the claim is "mixed" and the split table says where.
+Input: one row per run with at least `cell, batch_size, num_steps, seed, status` and the outcomes a claim reads;
+`split` (or `task_label`/`budget`/`protocol`) names the setting a row belongs to, and each claim is judged within
+every split. Speed claims (C1, C3, C7's "cost per update") read only the speed phase (`speed.parquet`: one row
+per task, cell, batch_size, num_steps, round), never the tokens/s of runs trained side by side.
+
+Judges return numbers (SplitResult: verdict, numbers, details, deciding runs, uninformative groups); every
+sentence is written in analysis/wording.py. Each decision rule is a module-level function (`c2_difference`,
+`c3_state`, `c5_measure`, ...) so that a test can swap in a wrong rule and see the verdict change. The rules
+are stated in docs/claims.md; their numbers live in thresholds.yaml.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import math
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from analysis.stats import cv, group_spearman, partial_eta2, ratio_ci, spearman
+from analysis import stats
+from analysis import wording as say
 
 SUPPORTED, REFUTED, MIXED, INCONCLUSIVE = "supported", "refuted", "mixed", "inconclusive"
 FINISHED = ("complete", "diverged")
 SPLIT_COLUMNS = ("task_label", "budget", "protocol", "variant")
+NO_SPEED = "no speed phase: tokens/s of training runs were timed under load"
+DECIDING_COLUMNS = ["split", "folder", "why"]
+UNINFORMATIVE_COLUMNS = ["split", "group", "reason"]
 
 
 @dataclass(frozen=True)
@@ -36,41 +46,50 @@ CLAIMS = {
         Claim(
             "C1",
             "batch size mainly buys speed: more parallel rows per step, higher throughput",
-            "training tokens/s (after warm-up, evaluation excluded)",
-            "Spearman ρ of log tokens/s vs log batch size within each cell × num_steps; partial η² of "
-            "batch_size on log tokens/s; throughput ratio largest/smallest batch with bootstrap CI vs "
-            "timing noise",
+            "speed-phase tokens/s (each point timed alone, rounds interleaved); what batch size does to learning (C2)",
+            "per cell × num_steps: log-log slope of tokens/s on batch size (t-interval over rounds) and largest/"
+            "smallest batch ratio (t-interval on paired-by-round log ratios); then C2's verdict in the split",
         ),
         Claim(
             "C2",
             "batch size does not change what the network learns (“their loss is usually very close”)",
-            "final held-out loss and accuracy; learned span, effective context, gradient horizon",
-            "gap between batch sizes within each cell × num_steps (median over groups) vs tolerance; "
-            "partial η² of batch_size",
+            "final held-out loss (nats), accuracy (points), memory capacity (lags recalled)",
+            "TOST equivalence of largest vs smallest batch size within each cell × num_steps (90 % Welch "
+            "interval of the absolute difference inside ±margin); groups at chance are uninformative",
         ),
         Claim(
             "C3",
             "batch_size=4 is about 4 times faster than batch_size=1",
-            "training tokens/s",
-            "bootstrap CI of tokens/s(4b) / tokens/s(b) per cell × num_steps vs the band around 4",
+            "speed-phase tokens/s",
+            "t-interval of the paired-by-round log ratio tokens/s(4b)/tokens/s(b) per cell × num_steps: inside, "
+            "outside or straddling the band around 4",
         ),
         Claim(
             "C4",
             "num_steps sets how long a dependency the network learns",
-            "learned span (recall), effective context (ablation), gradient horizon",
-            "Spearman ρ vs num_steps within each cell × batch_size; partial η² of num_steps vs batch_size",
+            "memory capacity from the per-lag accuracy curve; recalled span vs num_steps",
+            "(a) growth at equal tokens: Spearman ρ vs num_steps per cell × batch_size, permutation p; (b) bound: "
+            "share of runs whose span exceeds num_steps",
         ),
         Claim(
             "C5",
             "a large num_steps can make gradients explode",
-            "max global grad norm per run (pre-clip; loss is a per-token mean); diverged runs",
-            "Spearman ρ of log max grad norm vs num_steps per cell; growth factor largest/smallest num_steps",
+            "log-log slope of a window's gradient norm against window length at fixed parameters (trained and "
+            "initial net); clip fraction; diverged runs",
+            "t-interval over seeds of the slope per grid point vs a minimum slope; divergences by num_steps",
         ),
         Claim(
             "C6",
             "so: choose num_steps by the dependency length, batch_size by the hardware and data",
-            "the verdicts of C1, C2 and C4",
+            "the verdicts of C1, C2 and C4 at equal tokens",
             "supported only where C1, C2 and C4 all are; refuted where one of them is",
+        ),
+        Claim(
+            "C7",
+            "batch_size=1 is cheap per update but very erratic",
+            "relative update-to-update loss jitter (loss_jitter_rel); speed-phase µs per update",
+            "Welch t-interval of the log jitter ratio batch 1 / batch b per cell × num_steps vs a minimum factor; "
+            "paired-by-round µs/update ratio batch 1 / batch 4",
         ),
     )
 }
@@ -79,9 +98,11 @@ CLAIMS = {
 @dataclass
 class SplitResult:
     verdict: str
-    statistic: str
-    sentence: str
+    numbers: dict[str, Any] = field(default_factory=dict)
     details: pd.DataFrame = field(default_factory=pd.DataFrame)
+    deciding: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=["folder", "why"]))
+    uninformative: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=["group", "reason"]))
+    reason: str | None = None  # why the split is inconclusive, when it is for want of evidence
 
 
 @dataclass
@@ -92,17 +113,15 @@ class Verdict:
     sentence: str
     splits: pd.DataFrame  # split, verdict, statistic, sentence, runs
     details: pd.DataFrame  # the per-group numbers behind the statistic, with a split column
+    deciding: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=DECIDING_COLUMNS))
+    uninformative: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=UNINFORMATIVE_COLUMNS))
 
 
-# ------------------------------------------------------------------------------------------------- helpers
-def _f(x: float, fmt: str = ".2f") -> str:
-    return "n/a" if x is None or not np.isfinite(x) else format(x, fmt)
+def _inconclusive(reason: str, **kw: Any) -> SplitResult:
+    return SplitResult(INCONCLUSIVE, reason=reason, **kw)
 
 
-def _inconclusive(reason: str) -> SplitResult:
-    return SplitResult(INCONCLUSIVE, "—", f"Inconclusive: {reason}.")
-
-
+# ------------------------------------------------------------------------------------------------- the table
 def prepare(runs: pd.DataFrame) -> pd.DataFrame:
     """The rows a verdict may read, with the derived columns the claims use (for hand-made tables too)."""
     df = runs.copy()
@@ -119,27 +138,36 @@ def prepare(runs: pd.DataFrame) -> pd.DataFrame:
         df["split"] = df[present].astype(str).agg(" · ".join, axis=1) if present else "all runs"
     for col in ("batch_size", "num_steps", "seed"):
         df[col] = pd.to_numeric(df[col], errors="coerce").astype(float)
+    if "task" not in df:
+        df["task"] = df["task_label"].astype(str).str.split().str[0] if "task_label" in df else "task"
+    if "task_label" not in df:
+        df["task_label"] = df["task"]
+    if "budget_kind" not in df:
+        df["budget_kind"] = df["budget"].astype(str).str.split().str[0] if "budget" in df else "tokens"
+    if "folder" not in df:
+        df["folder"] = [_point(r) for r in df.to_dict("records")]
     if "log_tokens_per_s" not in df and "tokens_per_s" in df:
         tps = pd.to_numeric(df["tokens_per_s"], errors="coerce")
         df["log_tokens_per_s"] = np.log(tps.where(tps > 0))
-    if "log_grad_norm_max" not in df and "grad_norm_max" in df:
-        g = pd.to_numeric(df["grad_norm_max"], errors="coerce")
-        df["log_grad_norm_max"] = np.log(g.where(g > 0)).where(df["status"] != "diverged", np.inf)
     return df
 
 
-def _evidence(df: pd.DataFrame, factor: str, th: dict[str, Any], statuses=("complete",)) -> str | None:
-    """Why this split cannot answer (too few seeds or levels), or None when it can."""
-    d = df[df["status"].isin(statuses)]
-    if d.empty:
-        return "no complete runs"
-    seeds = d.groupby(["cell", "batch_size", "num_steps"], observed=True)["seed"].nunique().median()
-    if seeds < th["min_seeds"]:
-        return f"only {seeds:g} seed(s) per grid point (need {th['min_seeds']} to separate effects from noise)"
-    levels = d[factor].nunique()
-    if levels < th["min_levels"]:
-        return f"only {levels} value(s) of {factor} (need {th['min_levels']})"
-    return None
+def _point(row: dict[str, Any]) -> str:
+    return (
+        f"{row.get('task')}: cell={row.get('cell')},batch_size={row.get('batch_size'):g},"
+        f"num_steps={row.get('num_steps'):g},seed={row.get('seed'):g}"
+    )
+
+
+def _num(df: pd.DataFrame, col: str) -> pd.Series:
+    return pd.to_numeric(df[col], errors="coerce") if col in df else pd.Series(np.nan, index=df.index)
+
+
+def _flag(df: pd.DataFrame, col: str) -> pd.Series:
+    """A boolean summary flag; None/NaN (older records) stays NaN so that "not recorded" is never "False"."""
+    if col not in df:
+        return pd.Series(np.nan, index=df.index)
+    return df[col].map(lambda v: np.nan if v is None or (isinstance(v, float) and math.isnan(v)) else float(bool(v)))
 
 
 def _complete(df: pd.DataFrame, outcome: str) -> pd.DataFrame:
@@ -150,189 +178,303 @@ def _complete(df: pd.DataFrame, outcome: str) -> pd.DataFrame:
     return d[np.isfinite(d[outcome])]
 
 
+def _family(df: pd.DataFrame) -> str:
+    tasks = df["task"].dropna().astype(str).unique()
+    return str(tasks[0]) if len(tasks) == 1 else "default"
+
+
+def _seeds_short(df: pd.DataFrame, th: dict[str, Any], statuses: tuple[str, ...] = ("complete",)) -> str | None:
+    """Why this split cannot answer for want of seeds, or None."""
+    d = df[df["status"].isin(statuses)]
+    if d.empty:
+        return "no complete runs"
+    seeds = d.groupby(["cell", "batch_size", "num_steps"], observed=True)["seed"].nunique().median()
+    if seeds < th["min_seeds"]:
+        return (
+            f"only {seeds:g} seed(s) per grid point (need {th['min_seeds']} for a t-interval; a percentile "
+            "interval of fewer values is not a 95 % CI)"
+        )
+    return None
+
+
 def combine(verdicts: list[str]) -> str:
-    """Across splits (or measures): agreement gives that verdict, disagreement "mixed"; none, inconclusive."""
+    """Across splits (or parts): agreement gives that verdict, disagreement "mixed"; none, inconclusive."""
     conclusive = {v for v in verdicts if v != INCONCLUSIVE}
     if not conclusive:
         return INCONCLUSIVE
     return conclusive.pop() if len(conclusive) == 1 else MIXED
 
 
-# ------------------------------------------------------------------------------------------------------- C1
-def judge_c1(df: pd.DataFrame, th: dict[str, Any], bench_cv: float = 0.0) -> SplitResult:
-    reason = _evidence(df, "batch_size", th)
-    if reason:
-        return _inconclusive(reason)
-    c = th["c1"]
-    d = _complete(df, "log_tokens_per_s")
+def by_fractions(n_for: int, n_against: int, n: int, th: dict[str, Any]) -> str:
+    """The shared "usually" rule: more than `majority` of the informative groups for the claim -> supported; at
+    least `majority` against -> refuted; otherwise inconclusive (too many undecided groups)."""
+    if n == 0:
+        return INCONCLUSIVE
+    if n_for / n > th["majority"]:
+        return SUPPORTED
+    if n_against / n >= th["majority"]:
+        return REFUTED
+    return INCONCLUSIVE
+
+
+def _deciding(rows: list[tuple[str, str]]) -> pd.DataFrame:
+    return pd.DataFrame(rows, columns=["folder", "why"]).drop_duplicates()
+
+
+# ------------------------------------------------------------------------------------------------- speed phase
+def prepare_speed(speed: pd.DataFrame | None) -> pd.DataFrame | None:
+    if speed is None:
+        return None
+    if not isinstance(speed, pd.DataFrame):
+        raise TypeError(f"speed: expected the speed.parquet DataFrame or None, got {type(speed).__name__}")
+    need = ("task", "cell", "batch_size", "num_steps", "round", "tokens_per_s")
+    for col in need:
+        if col not in speed:
+            raise ValueError(f"speed table: column '{col}' is missing")
+    sp = speed.copy()
+    if "finite" in sp:  # a segment whose loss went non-finite timed a broken update
+        sp = sp[sp["finite"].astype(bool)]
+    if "sweep" not in sp:
+        sp["sweep"] = ""
+    for col in ("batch_size", "num_steps", "round", "tokens_per_s", "us_per_update"):
+        if col in sp:
+            sp[col] = pd.to_numeric(sp[col], errors="coerce").astype(float)
+    return sp
+
+
+def _paired(g: pd.DataFrame, small: float, big: float, col: str) -> tuple[pd.Series, pd.Series]:
+    """Values of `col` at two batch sizes aligned by round (rounds are interleaved round-robin passes)."""
+    a = g[g["batch_size"] == big].set_index("round")[col]
+    b = g[g["batch_size"] == small].set_index("round")[col]
+    common = a.index.intersection(b.index)
+    return a.loc[common], b.loc[common]
+
+
+def speed_points(sp: pd.DataFrame, th: dict[str, Any]) -> pd.DataFrame:
+    """Per (task, cell, num_steps): log-log slope of tokens/s on batch size, largest/smallest batch ratio
+    (paired-by-round t-interval on log ratios) and the round-to-round CV of each batch size."""
+    conf = float(th["confidence"])
     rows = []
-    for (cell, ns), g in d.groupby(["cell", "num_steps"], observed=True):
-        if g["batch_size"].nunique() < 2:
+    for (_, task, cell, ns), g in sp.groupby(["sweep", "task", "cell", "num_steps"], observed=True):
+        sizes = sorted(g["batch_size"].unique())
+        rounds = g.groupby("batch_size")["round"].nunique()
+        if len(sizes) < 2 or rounds.min() < th["speed"]["min_rounds"]:
             continue
-        lo, hi = g["batch_size"].min(), g["batch_size"].max()
-        rho, _ = spearman(np.log(g["batch_size"]), g["log_tokens_per_s"])
-        ratio, low, high = ratio_ci(
-            g.loc[g["batch_size"] == hi, "tokens_per_s"], g.loc[g["batch_size"] == lo, "tokens_per_s"], th
-        )
-        noise = float(np.nanmedian([cv(s) for _, s in g.groupby("batch_size")["tokens_per_s"]] or [np.nan]))
+        slope, s_lo, s_hi, _ = stats.loglog_slope(g["batch_size"], g["tokens_per_s"], conf)
+        big, small = _paired(g, sizes[0], sizes[-1], "tokens_per_s")
+        ratio, r_lo, r_hi, n = stats.log_ratio_ci(big, small, conf, paired=True)
+        cvs = g.groupby("batch_size")["tokens_per_s"].apply(stats.cv)
         rows.append(
             {
+                "task": task,
                 "cell": cell,
                 "num_steps": ns,
-                "rho": rho,
-                "bs_small": lo,
-                "bs_large": hi,
+                "bs_small": sizes[0],
+                "bs_large": sizes[-1],
+                "slope": slope,
+                "slope_low": s_lo,
+                "slope_high": s_hi,
                 "ratio": ratio,
-                "ci_low": low,
-                "ci_high": high,
-                "seed_cv": noise,
-                # faster beyond noise: the CI clears 1, widened by the bench's run-to-run spread when known
-                "faster": bool(np.isfinite(low) and low > 1 + 2 * bench_cv),
+                "ratio_low": r_lo,
+                "ratio_high": r_hi,
+                "rounds": n,
+                "max_round_cv": float(cvs.max()),
+                "faster": bool(np.isfinite(s_lo) and s_lo > 0 and np.isfinite(r_lo) and r_lo > 1),
             }
         )
-    details = pd.DataFrame(rows)
-    if details.empty:
-        return _inconclusive("no cell × num_steps group has two batch sizes")
-    med_rho = float(details["rho"].fillna(0).median())
-    eta = partial_eta2(d, "log_tokens_per_s")["batch_size"]
-    frac = float(details["faster"].mean())
-    ok = med_rho >= c["min_rho"] and np.isfinite(eta) and eta >= c["min_eta2"] and frac >= c["min_fraction_faster"]
-    lo, hi = int(details["bs_small"].min()), int(details["bs_large"].max())
-    noise = float(np.nanmedian(details["seed_cv"])) if details["seed_cv"].notna().any() else np.nan
-    noise_txt = f"timing noise across seeds {_f(100 * noise, '.1f')} %" + (
-        f", bench {_f(100 * bench_cv, '.1f')} %" if bench_cv else ""
+    return pd.DataFrame(rows)
+
+
+# ------------------------------------------------------------------------------------------------------- C1
+def judge_c1(points: pd.DataFrame, c2: SplitResult, th: dict[str, Any]) -> SplitResult:
+    """Throughput rises with batch size at (nearly) every point AND batch size leaves learning alone (C2)."""
+    if points.empty:
+        return _inconclusive("the speed phase has no cell × num_steps point with two batch sizes timed")
+    n, faster = len(points), int(points["faster"].sum())
+    share = faster / n
+    need = th["c1"]["min_fraction_faster"]
+    speed_part = SUPPORTED if share >= need else REFUTED if share <= 1 - need else MIXED
+    # "mainly": speed that comes with a change in what is learned (C2 refuted) is not mainly speed
+    verdict = (MIXED if c2.verdict == REFUTED else SUPPORTED) if speed_part == SUPPORTED else speed_part
+    numbers = {
+        "points": n,
+        "faster": faster,
+        "speed_part": speed_part,
+        "c2": c2.verdict,
+        "median_slope": float(points["slope"].median()),
+        "median_ratio": float(points["ratio"].median()),
+        "bs_small": float(points["bs_small"].min()),
+        "bs_large": float(points["bs_large"].max()),
+        "max_round_cv": float(points["max_round_cv"].max()),
+    }
+    deciding = _deciding(
+        [(f"speed.parquet: {r.task} {r.cell} num_steps={r.num_steps:g}", say.why_speed(r)) for r in points.itertuples()]
     )
-    stat = (
-        f"median ρ = {_f(med_rho)} ({len(details)} groups); η²(batch_size) = {_f(eta)}; "
-        f"bs{hi}/bs{lo} = {_f(details['ratio'].median(), '.1f')}× (median); "
-        f"{int(details['faster'].sum())}/{len(details)} faster beyond noise"
-    )
-    lead = "Throughput rose with batch size" if ok else "Throughput did not rise reliably with batch size"
-    ratio = _f(details["ratio"].median(), ".1f")
-    faster = f"{int(details['faster'].sum())}/{len(details)} groups faster beyond noise"
-    sentence = (
-        f"{lead}: median Spearman ρ = {_f(med_rho)} over {len(details)} cell × num_steps groups, partial "
-        f"η²(batch_size) = {_f(eta)}, and batch {hi} ran {ratio}× the tokens/s of batch {lo} "
-        f"(median; {faster}; {noise_txt})."
-    )
-    return SplitResult(SUPPORTED if ok else REFUTED, stat, sentence, details)
+    return SplitResult(verdict, numbers, points, deciding)
 
 
 # ------------------------------------------------------------------------------------------------------- C2
-# outcome -> (how a gap between batch sizes is measured, its threshold key)
-C2_OUTCOMES: dict[str, tuple[str, str]] = {
-    "valid_loss": ("relative", "max_rel_loss_gap"),
-    "valid_accuracy": ("absolute", "max_acc_gap"),
-    "span": ("octaves", "max_log2_gap"),
-    "effective_context": ("octaves", "max_log2_gap"),
-    "gradient_horizon": ("octaves", "max_log2_gap"),
-}
+def c2_difference(big: Any, small: Any, margin: float, alpha: float) -> stats.Equivalence:
+    """Rule: TOST on the ABSOLUTE difference of means (never a relative gap: 0.0077 vs 0.0002 nats is 0.0075
+    nats, not 3700 %)."""
+    return stats.tost(big, small, margin, alpha)
 
 
-def _gap(means: pd.Series, kind: str) -> float:
-    lo, hi = float(means.min()), float(means.max())
-    if kind == "relative":
-        return hi / lo - 1 if lo > 0 else np.nan
-    if kind == "absolute":
-        return hi - lo
-    return float(np.log2((1 + max(hi, 0)) / (1 + max(lo, 0))))
+def c2_outcomes(d: pd.DataFrame, th: dict[str, Any]) -> list[tuple[str, float, str]]:
+    """(column, margin, unit) of every outcome C2 compares in this split."""
+    c = th["c2"]
+    fam = _family(d)
+    loss = c["loss_margin"].get(fam, c["loss_margin"]["default"])
+    out = [("valid_loss", float(loss), "nats")]
+    if _num(d, "valid_accuracy").notna().any():
+        out.append(("valid_accuracy", float(c["accuracy_margin"]), "accuracy"))
+    if fam == "lags" and _num(d, "memory_capacity").notna().any():
+        out.append(("memory_capacity", float(c["capacity_margin"]), "lags"))
+    return out
 
 
-def _show_gap(gap: float, kind: str) -> str:
-    if kind == "relative":
-        return f"{_f(100 * gap, '.1f')} %"
-    if kind == "absolute":
-        return f"{_f(100 * gap, '.1f')} pts"
-    return f"{_f(gap)} octaves"
+def at_chance(g: pd.DataFrame, th: dict[str, Any]) -> str | None:
+    """Why a group learned nothing at any of its batch sizes (so equal outcomes say nothing), or None.
+
+    echo/lags: every batch size's accuracy interval lies below chance + margin. Text: a language model beats
+    1/V accuracy as soon as it learns token frequencies, so only a loss within the margin of ln V (a uniform
+    guess) counts as having learned nothing.
+    """
+    conf, margin = float(th["confidence"]), float(th["c2"]["chance_margin"])
+    chance = _num(g, "chance_accuracy").dropna()
+    if chance.empty:
+        return None
+    level = float(chance.iloc[0])
+    if _family(g) == "text":
+        ln_v = math.log(1.0 / level)  # chance_accuracy = 1 / V
+        loss_margin = th["c2"]["loss_margin"].get("text", th["c2"]["loss_margin"]["default"])
+        means = _num(g, "valid_loss").groupby(g["batch_size"]).mean()
+        if not means.empty and (means >= ln_v - loss_margin).all():
+            return f"every batch size at the uniform-guess loss ln V = {ln_v:.2f} nats"
+        return None
+    acc = _num(g, "valid_accuracy")
+    if acc.isna().all():
+        return None
+    uppers = []
+    for _, b in g.assign(_acc=acc).groupby("batch_size"):
+        mean, _, high, _ = stats.t_interval(b["_acc"], conf)
+        uppers.append(high if np.isfinite(high) else mean)
+    if all(u < level + margin for u in uppers):
+        return f"every batch size at chance (accuracy upper bound < {level + margin:.2f})"
+    return None
 
 
 def judge_c2(df: pd.DataFrame, th: dict[str, Any]) -> SplitResult:
-    reason = _evidence(df, "batch_size", th)
+    reason = _seeds_short(df, th)
     if reason:
         return _inconclusive(reason)
-    c = th["c2"]
-    rows = []
-    for outcome, (kind, key) in C2_OUTCOMES.items():
-        d = _complete(df, outcome)
-        if d.empty:
+    d = df[df["status"] == "complete"]
+    if d["batch_size"].nunique() < th["min_levels"]:
+        return _inconclusive(f"only {d['batch_size'].nunique()} batch size(s)")
+    outcomes = c2_outcomes(d, th)
+    alpha = float(th["alpha"])
+    rows, unin = [], []
+    for (cell, ns), g in d.groupby(["cell", "num_steps"], observed=True):
+        group = f"cell={cell}, num_steps={ns:g}"
+        sizes = sorted(g["batch_size"].unique())
+        if len(sizes) < 2:
             continue
-        gaps = [
-            _gap(g.groupby("batch_size")[outcome].mean(), kind)
-            for _, g in d.groupby(["cell", "num_steps"], observed=True)
-            if g["batch_size"].nunique() >= 2
-        ]
-        gaps = [x for x in gaps if np.isfinite(x)]
-        if not gaps:
+        small, big = sizes[0], sizes[-1]
+        seeds = g.groupby("batch_size")["seed"].nunique()
+        if seeds[[small, big]].min() < th["min_seeds"]:
+            unin.append((group, f"fewer than {th['min_seeds']} seeds at batch {small:g} or {big:g}"))
             continue
-        gap = float(np.median(gaps))
-        eta = partial_eta2(d, outcome)["batch_size"]
-        if gap <= c[key]:
-            state = "same"
-        elif np.isfinite(eta) and eta >= c["max_eta2"]:
-            state = "differs"
-        else:
-            state = "unclear"  # a gap larger than the tolerance, but no larger than the spread between seeds
-        rows.append(
-            {
-                "outcome": outcome,
-                "gap": gap,
-                "gap_kind": kind,
-                "tolerance": c[key],
-                "eta2_batch_size": eta,
-                "state": state,
-                "groups": len(gaps),
-            }
-        )
+        why = at_chance(g, th)
+        if why:
+            unin.append((group, why))
+            continue
+        states = []
+        for col, margin, unit in outcomes:
+            a, b = _num(g[g["batch_size"] == big], col), _num(g[g["batch_size"] == small], col)
+            if a.notna().sum() < 2 or b.notna().sum() < 2:
+                continue
+            eq = c2_difference(a, b, margin, alpha)
+            states.append(eq.state)
+            rows.append(
+                {
+                    "cell": cell,
+                    "num_steps": ns,
+                    "group": group,
+                    "outcome": col,
+                    "unit": unit,
+                    "bs_small": small,
+                    "bs_large": big,
+                    "mean_small": float(b.mean()),
+                    "mean_large": float(a.mean()),
+                    "diff": eq.diff,
+                    "ci90_low": eq.low,
+                    "ci90_high": eq.high,
+                    "margin": margin,
+                    "p_tost": eq.p_tost,
+                    "state": eq.state,
+                    "folders": list(g.loc[g["batch_size"].isin([small, big]), "folder"]),
+                }
+            )
+        if states:
+            gstate = (
+                "different" if "different" in states else "equivalent" if set(states) == {"equivalent"} else "undecided"
+            )
+            for r in rows:
+                if r["group"] == group:
+                    r["group_state"] = gstate
     details = pd.DataFrame(rows)
+    uninformative = pd.DataFrame(unin, columns=["group", "reason"])
     if details.empty:
-        return _inconclusive("no outcome was measured at two batch sizes")
-    states = set(details["state"])
-    verdict = REFUTED if "differs" in states else SUPPORTED if states == {"same"} else INCONCLUSIVE
-    parts = [f"{r.outcome} {_show_gap(r.gap, r.gap_kind)} (η² {_f(r.eta2_batch_size)})" for r in details.itertuples()]
-    stat = "median gap between batch sizes: " + "; ".join(parts)
-    differ = details[details["state"] == "differs"]
-    unclear = details[details["state"] == "unclear"]
-    if verdict == REFUTED:
-        what = ", ".join(
-            f"{r.outcome} by {_show_gap(r.gap, r.gap_kind)} (tolerance {_show_gap(r.tolerance, r.gap_kind)}, "
-            f"partial η²(batch_size) = {_f(r.eta2_batch_size)})"
-            for r in differ.itertuples()
+        return _inconclusive(
+            "no informative cell × num_steps group (see the uninformative groups)", uninformative=uninformative
         )
-        sentence = f"Batch size changed what was learned: {what}."
-    elif verdict == SUPPORTED:
-        sentence = "Batch sizes ended close on every outcome: " + "; ".join(parts) + ", all within tolerance."
-    else:
-        what = ", ".join(f"{r.outcome} ({_show_gap(r.gap, r.gap_kind)})" for r in unclear.itertuples())
-        sentence = f"Inconclusive: gaps above tolerance in {what}, but no larger than the spread between seeds."
-    return SplitResult(verdict, stat, sentence, details)
+    groups = details.drop_duplicates("group")
+    n = len(groups)
+    n_eq = int((groups["group_state"] == "equivalent").sum())
+    n_diff = int((groups["group_state"] == "different").sum())
+    verdict = by_fractions(n_eq, n_diff, n, th)
+    want = {SUPPORTED: "equivalent", REFUTED: "different"}.get(verdict)
+    dec = details if want is None else details[details["group_state"] == want]
+    deciding = _deciding([(f, say.why_c2(r)) for r in dec.itertuples() for f in r.folders])
+    numbers = {
+        "groups": n,
+        "equivalent": n_eq,
+        "different": n_diff,
+        "undecided": n - n_eq - n_diff,
+        "uninformative": len(uninformative),
+        "outcomes": [o for o, _, _ in outcomes],
+        "margins": {o: (m, u) for o, m, u in outcomes},
+    }
+    return SplitResult(verdict, numbers, details.drop(columns=["folders"]), deciding, uninformative)
 
 
 # ------------------------------------------------------------------------------------------------------- C3
-def judge_c3(df: pd.DataFrame, th: dict[str, Any], bench_cv: float = 0.0) -> SplitResult:
-    reason = _evidence(df, "batch_size", th)
-    if reason:
-        return _inconclusive(reason)
+def c3_state(low: float, high: float, band: tuple[float, float]) -> str:
+    """Rule: a point supports "about 4x" only when its whole interval lies INSIDE the band (an interval that
+    merely overlaps it, e.g. 1.38-4.79 against [3, 5], says nothing)."""
+    if band[0] <= low and high <= band[1]:
+        return "inside"
+    if high < band[0] or low > band[1]:
+        return "outside"
+    return "straddling"
+
+
+def judge_c3(sp: pd.DataFrame, th: dict[str, Any]) -> SplitResult:
     c = th["c3"]
-    target = float(c["ratio"])
-    d = _complete(df, "tokens_per_s")
-    sizes = sorted(int(b) for b in d["batch_size"].unique())
-    pairs = [(b, round(b * target)) for b in sizes if round(b * target) in sizes]
+    target, conf = float(c["ratio"]), float(th["confidence"])
+    sizes = sorted(sp["batch_size"].unique())
+    pairs = [(b, b * target) for b in sizes if b * target in sizes]
     if not pairs:
-        return _inconclusive(f"the grid has no pair of batch sizes b and {target:g}·b")
+        return _inconclusive(f"the speed phase has no pair of batch sizes b and {target:g}·b")
     small, big = pairs[0]
     band = (target * (1 - c["tolerance"]), target * (1 + c["tolerance"]))
     rows = []
-    for (cell, ns), g in d.groupby(["cell", "num_steps"], observed=True):
-        a, b = g.loc[g["batch_size"] == big, "tokens_per_s"], g.loc[g["batch_size"] == small, "tokens_per_s"]
-        if a.empty or b.empty:
+    for (_, cell, ns), g in sp.groupby(["sweep", "cell", "num_steps"], observed=True):
+        a, b = _paired(g, small, big, "tokens_per_s")
+        if len(a) < th["speed"]["min_rounds"]:
             continue
-        ratio, low, high = ratio_ci(a, b, th)
-        low, high = (ratio, ratio) if not np.isfinite(low) else (low, high)
-        low, high = (
-            low * (1 - 2 * bench_cv),
-            high * (1 + 2 * bench_cv),
-        )  # run-to-run timing spread, if benched
-        state = "within" if low <= band[1] and high >= band[0] else "below" if high < band[0] else "above"
+        ratio, low, high, n = stats.log_ratio_ci(a, b, conf, paired=True)
+        superlinear = bool(low > big / small)  # more than the extra rows can explain: timing, not batching
         rows.append(
             {
                 "cell": cell,
@@ -342,175 +484,333 @@ def judge_c3(df: pd.DataFrame, th: dict[str, Any], bench_cv: float = 0.0) -> Spl
                 "ratio": ratio,
                 "ci_low": low,
                 "ci_high": high,
-                "state": state,
+                "rounds": n,
+                "state": "flagged" if superlinear else c3_state(low, high, band),
+                "superlinear": superlinear,
+                "cv_small": stats.cv(b),
+                "cv_large": stats.cv(a),
             }
         )
     details = pd.DataFrame(rows)
     if details.empty:
-        return _inconclusive(f"no cell × num_steps group ran both batch {small} and batch {big}")
-    within = int((details["state"] == "within").sum())
-    verdict = SUPPORTED if within == len(details) else REFUTED if within == 0 else MIXED
-    med, rmin, rmax = details["ratio"].median(), details["ratio"].min(), details["ratio"].max()
-    stat = (
-        f"tokens/s bs{big}/bs{small} = {_f(med, '.2f')}× (median; range "
-        f"{_f(rmin, '.2f')}–{_f(rmax, '.2f')}); "
-        f"{within}/{len(details)} CIs meet [{band[0]:g}, {band[1]:g}]"
+        return _inconclusive(f"no cell × num_steps point timed batch {small:g} and {big:g} in enough rounds")
+    counted = details[~details["superlinear"]]
+    n = len(counted)
+    k = {s: int((counted["state"] == s).sum()) for s in ("inside", "outside", "straddling")}
+    if n == 0:
+        verdict = INCONCLUSIVE
+    elif k["inside"] / n > th["majority"]:
+        verdict = SUPPORTED
+    elif k["outside"] / n > th["majority"]:
+        verdict = REFUTED
+    elif k["inside"] and k["outside"]:
+        verdict = MIXED
+    else:
+        verdict = INCONCLUSIVE
+    numbers = {
+        "points": n,
+        **k,
+        "flagged": int(details["superlinear"].sum()),
+        "band": band,
+        "small": small,
+        "big": big,
+        "median": float(details["ratio"].median()),
+        "min": float(details["ratio"].min()),
+        "max": float(details["ratio"].max()),
+    }
+    deciding = _deciding(
+        [
+            (f"speed.parquet: {r.cell} num_steps={r.num_steps:g} batch {small:g}/{big:g}", say.why_c3(r))
+            for r in details.itertuples()
+        ]
     )
-    sentence = (
-        f"Batch {big} ran {_f(med, '.2f')}× the tokens/s of batch {small} (median over {len(details)} cell × "
-        f"num_steps groups, range {_f(rmin, '.2f')}–{_f(rmax, '.2f')}); {within} of {len(details)} "
-        "bootstrap CIs "
-        f"meet the band [{band[0]:g}, {band[1]:g}] around {target:g}×."
-    )
-    return SplitResult(verdict, stat, sentence, details)
+    return SplitResult(verdict, numbers, details, deciding)
 
 
 # ------------------------------------------------------------------------------------------------------- C4
-C4_OUTCOMES = ("span", "effective_context", "gradient_horizon")
+def longest_lag(d: pd.DataFrame) -> float:
+    """The longest lag the task tests (from the per-lag accuracy columns, else the config)."""
+    lags = [int(c.removeprefix("acc_lag_")) for c in d.columns if c.startswith("acc_lag_") and _num(d, c).notna().any()]
+    if lags:
+        return float(max(lags))
+    for col in ("cfg.task.lag",):
+        if col in d and _num(d, col).notna().any():
+            return float(_num(d, col).max())
+    return np.nan
 
 
-def judge_c4(df: pd.DataFrame, th: dict[str, Any]) -> SplitResult:
-    reason = _evidence(df, "num_steps", th)
-    if reason:
-        return _inconclusive(reason)
+def c4_length(d: pd.DataFrame) -> tuple[pd.Series, str]:
+    """The learned length C4 reads: memory capacity (from the per-lag accuracy curve) when the task has lags;
+    otherwise the effective context, and only where measured with the warm-state unigram ablation."""
+    mc = _num(d, "memory_capacity")
+    if mc.notna().any():
+        return mc, "memory_capacity"
+    ec = _num(d, "effective_context")
+    method = d["context_method"] if "context_method" in d else pd.Series(None, index=d.index)
+    return ec.where(method == "warm-unigram"), "effective_context (warm-unigram)"
+
+
+def judge_c4_growth(d: pd.DataFrame, th: dict[str, Any]) -> tuple[str, dict[str, Any], list, list]:
     c = th["c4"]
-    rows = []
-    for outcome in C4_OUTCOMES:
-        d = _complete(df, outcome)
-        if d.empty or d["num_steps"].nunique() < 2:
+    if not str(d["budget_kind"].iloc[0]).startswith("tokens"):
+        return INCONCLUSIVE, {"growth_reason": "growth is judged at equal tokens only"}, [], []
+    length, name = c4_length(d)
+    d = d.assign(_len=length)
+    lag = longest_lag(d)
+    rows, unin = [], []
+    for (cell, bs), g in d[d["_len"].notna()].groupby(["cell", "batch_size"], observed=True):
+        group = f"cell={cell}, batch_size={bs:g}"
+        if g["num_steps"].nunique() < th["min_levels"]:
             continue
-        ns_lo, ns_hi = d["num_steps"].min(), d["num_steps"].max()
-        mean_lo = float(d.loc[d["num_steps"] == ns_lo, outcome].mean())
-        mean_hi = float(d.loc[d["num_steps"] == ns_hi, outcome].mean())
-        gs = group_spearman(d, "num_steps", outcome, ["cell", "batch_size"])
-        rho = float(gs["rho"].fillna(0).median()) if not gs.empty else np.nan  # constant within a group: no trend
-        eta = partial_eta2(d, outcome)
-        e_ns, e_bs = eta["num_steps"], eta["batch_size"]
-        if (d[outcome] == 0).all():
-            state = INCONCLUSIVE  # nothing learned anywhere: the budget, not num_steps, is the limit
-        else:
-            ok = (
-                np.isfinite(rho)
-                and rho >= c["min_rho"]
-                and np.isfinite(e_ns)
-                and e_ns >= c["min_eta2"]
-                and not (np.isfinite(e_bs) and e_bs >= e_ns)
-            )
-            state = SUPPORTED if ok else REFUTED
-        censored = f"{outcome}_censored"  # the measure hit its largest probe distance: a lower bound
-        n_censored = int(d[censored].map(lambda v: v is True or v == 1).sum()) if censored in d else 0
-        rows.append(
-            {
-                "outcome": outcome,
-                "censored_runs": n_censored,
-                "rho": rho,
-                "eta2_num_steps": e_ns,
-                "eta2_batch_size": e_bs,
-                "num_steps_low": ns_lo,
-                "mean_low": mean_lo,
-                "num_steps_high": ns_hi,
-                "mean_high": mean_hi,
-                "state": state,
-                "source": _source(d, outcome),
-            }
-        )
-    details = pd.DataFrame(rows)
-    if details.empty:
-        return _inconclusive("no learned-length measure (span, effective context, gradient horizon) was recorded")
-    verdict = combine(list(details["state"]))
-    parts = [
-        f"{r.outcome} ρ {_f(r.rho)}, η² ns {_f(r.eta2_num_steps)} vs bs {_f(r.eta2_batch_size)}"
-        for r in details.itertuples()
-    ]
-    stat = "; ".join(parts)
-    said = []
-    for r in details.itertuples():
-        verb = {SUPPORTED: "grew with", REFUTED: "did not follow", INCONCLUSIVE: "stayed at 0 for every"}[r.state]
-        said.append(
-            f"{r.outcome} {verb} num_steps ({_f(r.mean_low, '.1f')} at {r.num_steps_low:g} → "
-            f"{_f(r.mean_high, '.1f')} at {r.num_steps_high:g}; median ρ = {_f(r.rho)}, partial η² "
-            f"num_steps {_f(r.eta2_num_steps)} vs batch_size {_f(r.eta2_batch_size)}"
-            + (f"; {r.censored_runs} runs at the measure's ceiling" if r.censored_runs else "")
-            + ")"
-        )
-    sentence = "; ".join(said) + "."
-    return SplitResult(verdict, stat, sentence[0].upper() + sentence[1:], details)
-
-
-def _source(d: pd.DataFrame, outcome: str) -> str:
-    if outcome == "span" and "span_source" in d:
-        sources = d["span_source"].dropna().unique()
-        return ", ".join(map(str, sources)) or "measures"
-    return "measures"
-
-
-# ------------------------------------------------------------------------------------------------------- C5
-def judge_c5(df: pd.DataFrame, th: dict[str, Any]) -> SplitResult:
-    reason = _evidence(df, "num_steps", th, statuses=FINISHED)
-    if reason:
-        return _inconclusive(reason)
-    c = th["c5"]
-    d = df[df["status"].isin(FINISHED)].copy()
-    d["log_grad_norm_max"] = pd.to_numeric(d.get("log_grad_norm_max"), errors="coerce")
-    d = d[d["log_grad_norm_max"].notna()]
-    explodes = d["gradient_explodes"].map(lambda v: v is True or v == 1) if "gradient_explodes" in d else False
-    d["exploded"] = (d["status"] == "diverged") | explodes
-    rows = []
-    for cell, g in d.groupby("cell", observed=True):
-        if g["num_steps"].nunique() < 2:
+        if g.groupby("num_steps")["seed"].nunique().min() < th["min_seeds"]:
+            unin.append((group, f"fewer than {th['min_seeds']} seeds at some num_steps"))
             continue
-        gs = group_spearman(g, "num_steps", "log_grad_norm_max", ["batch_size"])
-        rho = float(gs["rho"].fillna(0).median()) if not gs.empty else np.nan
-        ns_lo, ns_hi = g["num_steps"].min(), g["num_steps"].max()
-        fin = g[np.isfinite(g["log_grad_norm_max"])]
-        lo_vals = fin.loc[fin["num_steps"] == ns_lo, "log_grad_norm_max"]
-        hi_vals = fin.loc[fin["num_steps"] == ns_hi, "log_grad_norm_max"]
-        growth = float(np.exp(hi_vals.mean() - lo_vals.mean())) if len(lo_vals) and len(hi_vals) else np.nan
-        n_exploded = int(g.loc[g["num_steps"] > ns_lo, "exploded"].sum())
-        grows = np.isfinite(rho) and rho >= c["min_rho"] and np.isfinite(growth) and growth >= c["min_growth"]
-        # A run that diverged (or whose measured gradient profile grows) is an explosion outright, when long
-        # windows do it more often than the shortest ones.
-        blows_up = (
-            n_exploded > 0
-            and g.loc[g["num_steps"] == ns_hi, "exploded"].mean() > g.loc[g["num_steps"] == ns_lo, "exploded"].mean()
+        if np.isfinite(lag) and g["num_steps"].min() > lag:
+            unin.append((group, f"every num_steps exceeds the longest lag tested ({lag:g}): growth cannot show"))
+            continue
+        means = g.groupby("num_steps")["_len"].mean()
+        if (means < c["min_length"]).all():
+            unin.append((group, f"nothing learned at any num_steps ({name} < {c['min_length']:g})"))
+            continue
+        rho, p = stats.spearman_permutation(
+            g["num_steps"], g["_len"], int(th["n_resamples"]), int(th["bootstrap_seed"])
         )
-        shows = bool(grows or blows_up)
+        grows = bool(np.isfinite(rho) and rho >= c["min_rho"] and p < th["alpha"])
         rows.append(
             {
                 "cell": cell,
+                "batch_size": bs,
+                "group": group,
+                "measure": name,
                 "rho": rho,
-                "num_steps_low": ns_lo,
-                "num_steps_high": ns_hi,
-                "growth": growth,
-                "exploded_runs": n_exploded,
-                "explodes": shows,
+                "p": p,
+                "grows": grows,
+                "ns_low": g["num_steps"].min(),
+                "ns_high": g["num_steps"].max(),
+                "mean_low": float(means.iloc[0]),
+                "mean_high": float(means.iloc[-1]),
+                "folders": list(g["folder"]),
+            }
+        )
+    if not rows:
+        return INCONCLUSIVE, {"growth_reason": "no informative cell × batch_size group"}, rows, unin
+    n, k = len(rows), sum(r["grows"] for r in rows)
+    return (
+        by_fractions(k, n - k, n, th),
+        {"growth_groups": n, "growing": k, "longest_lag": lag, "measure": name},
+        rows,
+        unin,
+    )
+
+
+def judge_c4_bound(d: pd.DataFrame, th: dict[str, Any]) -> tuple[str, dict[str, Any], pd.DataFrame]:
+    c = th["c4"]
+    span = _num(d, "span")
+    runs = d.assign(span_value=span)[span.notna()]
+    if runs.empty:
+        return INCONCLUSIVE, {"bound_reason": "no recalled span"}, runs
+    excess = runs["span_value"] - runs["num_steps"]
+    over = runs[excess > 0]
+    share = len(over) / len(runs)
+    verdict = SUPPORTED if share <= c["bound_ok"] else REFUTED if share >= c["bound_broken"] else MIXED
+    return (
+        verdict,
+        {"runs": len(runs), "exceeding": len(over), "share_exceeding": share, "max_excess": float(excess.max())},
+        over,
+    )
+
+
+def secondary_lengths(d: pd.DataFrame) -> dict[str, Any]:
+    """Which gradient horizons and effective contexts could be used (never decide; reported beside)."""
+    gh = _num(d, "gradient_horizon")
+    cens, flat = _flag(d, "gradient_horizon_censored"), _flag(d, "gradient_flat")
+    usable = gh.notna() & (cens == 0) & (flat == 0)
+    method = d["context_method"] if "context_method" in d else pd.Series(None, index=d.index)
+    ec = _num(d, "effective_context")
+    return {
+        "horizon_usable": int(usable.sum()),
+        "horizon_censored": int((cens == 1).sum()),
+        "horizon_flat": int((flat == 1).sum()),
+        "horizon_unflagged": int((gh.notna() & (cens.isna() | flat.isna())).sum()),
+        "horizon_rho": stats.spearman(d.loc[usable, "num_steps"], gh[usable])[0],
+        "context_usable": int((ec.notna() & (method == "warm-unigram")).sum()),
+        "context_old": int((ec.notna() & (method != "warm-unigram")).sum()),
+    }
+
+
+def judge_c4(df: pd.DataFrame, th: dict[str, Any]) -> SplitResult:
+    reason = _seeds_short(df, th)
+    if reason:
+        return _inconclusive(reason)
+    d = df[df["status"] == "complete"]
+    if d["num_steps"].nunique() < th["min_levels"]:
+        return _inconclusive(f"only {d['num_steps'].nunique()} value(s) of num_steps")
+    growth, gnum, grows, unin = judge_c4_growth(d, th)
+    bound, bnum, over = judge_c4_bound(d, th)
+    if growth == REFUTED or (bound == REFUTED and growth != SUPPORTED):
+        verdict = REFUTED
+    elif growth == SUPPORTED and bound == SUPPORTED:
+        verdict = SUPPORTED
+    elif growth == SUPPORTED:
+        verdict = MIXED if bound in (REFUTED, MIXED) else INCONCLUSIVE
+    else:
+        verdict = INCONCLUSIVE
+    details = pd.DataFrame([{k: v for k, v in r.items() if k != "folders"} for r in grows])
+    dec = [(f, say.why_c4_growth(r)) for r in grows if r["grows"] == (growth != REFUTED) for f in r["folders"]]
+    dec += [(r.folder, say.why_c4_bound(r)) for r in over.itertuples()]
+    numbers = {"growth": growth, "bound": bound, **gnum, **bnum, **secondary_lengths(d)}
+    return SplitResult(verdict, numbers, details, _deciding(dec), pd.DataFrame(unin, columns=["group", "reason"]))
+
+
+# ------------------------------------------------------------------------------------------------------- C5
+def c5_measure(d: pd.DataFrame) -> pd.DataFrame:
+    """Rule: the growth of a window's gradient norm with window length at FIXED parameters, one slope per run
+    (never the max grad norm over training, which spikes while a network learns). Columns slope, initial."""
+    return pd.DataFrame({"slope": _num(d, "growth_slope"), "initial": _num(d, "growth_slope_initial")}, index=d.index)
+
+
+def judge_c5(df: pd.DataFrame, th: dict[str, Any]) -> SplitResult:
+    reason = _seeds_short(df, th, FINISHED)
+    if reason:
+        return _inconclusive(reason)
+    d = df[df["status"].isin(FINISHED)]
+    m = c5_measure(d)
+    diverged = d["status"] == "diverged"
+    if m["slope"].notna().sum() == 0 and not diverged.any():
+        return _inconclusive("measure missing: the records have no gradient-growth slope (growth_slope)")
+    conf, floor = float(th["confidence"]), float(th["c5"]["min_slope"])
+    d = d.assign(_slope=m["slope"], _initial=m["initial"], _clip=_num(d, "clip_fraction"))
+    rows = []
+    for (cell, bs, ns), g in d.groupby(["cell", "batch_size", "num_steps"], observed=True):
+        mean, low, high, n = stats.t_interval(g["_slope"], conf)
+        imean, ilow, ihigh, _ = stats.t_interval(g["_initial"], conf)
+        if n < th["min_seeds"]:
+            state = "too few seeds"
+        else:
+            state = "explodes" if low > floor else "bounded" if high < floor else "undecided"
+        rows.append(
+            {
+                "cell": cell,
+                "batch_size": bs,
+                "num_steps": ns,
+                "slope": mean,
+                "ci_low": low,
+                "ci_high": high,
+                "slope_initial": imean,
+                "initial_ci_low": ilow,
+                "initial_ci_high": ihigh,
+                "seeds": n,
+                "state": state,
+                "diverged": int((g["status"] == "diverged").sum()),
+                "clip_fraction": float(g["_clip"].mean()),
+                "folders": list(g["folder"]),
             }
         )
     details = pd.DataFrame(rows)
+    div = details.groupby("num_steps")["diverged"].sum()
+    more_at_long = bool(div.iloc[-1] > div.iloc[0]) if len(div) > 1 else False
+    judged = details[details["state"] != "too few seeds"]
+    if (judged["state"] == "explodes").any() or more_at_long:
+        verdict = SUPPORTED
+    elif not judged.empty and (judged["state"] == "bounded").all() and not diverged.any():
+        verdict = REFUTED
+    else:
+        verdict = INCONCLUSIVE
+    want = {SUPPORTED: "explodes", REFUTED: "bounded"}.get(verdict)
+    dec = details if want is None else details[details["state"] == want]
+    deciding = [(f, say.why_c5(r)) for r in dec.itertuples() for f in r.folders]
+    deciding += [(r.folder, "diverged") for r in d[diverged].itertuples()]
+    clip_rho = stats.spearman(d["num_steps"], d["_clip"])[0]
+    numbers = {
+        "points": len(judged),
+        "explodes": int((judged["state"] == "explodes").sum()),
+        "bounded": int((judged["state"] == "bounded").sum()),
+        "diverged": int(diverged.sum()),
+        "diverged_by_ns": {float(k): int(v) for k, v in div.items()},
+        "clip_rho": clip_rho,
+        "min_slope": floor,
+        "max_low": float(judged["ci_low"].max()) if not judged.empty else np.nan,
+    }
+    return SplitResult(verdict, numbers, details.drop(columns=["folders"]), _deciding(deciding))
+
+
+# ------------------------------------------------------------------------------------------------------- C7
+def judge_c7(df: pd.DataFrame, sp: pd.DataFrame | None, th: dict[str, Any]) -> SplitResult:
+    reason = _seeds_short(df, th)
+    if reason:
+        return _inconclusive(reason)
+    d = df[df["status"] == "complete"]
+    jitter = _num(d, "loss_jitter_rel")
+    if jitter.notna().sum() == 0:
+        return _inconclusive("measure missing: the records have no loss jitter (loss_jitter_rel)")
+    if not (d["batch_size"] == 1).any():
+        return _inconclusive("no batch_size=1 runs")
+    conf, factor = float(th["confidence"]), float(th["c7"]["min_factor"])
+    d = d.assign(_j=jitter)
+    rows = []
+    for (cell, ns), g in d.groupby(["cell", "num_steps"], observed=True):
+        one = g.loc[g["batch_size"] == 1, "_j"]
+        for bs in sorted(b for b in g["batch_size"].unique() if b > 1):
+            other = g.loc[g["batch_size"] == bs, "_j"]
+            if min(one.notna().sum(), other.notna().sum()) < th["min_seeds"]:
+                continue
+            ratio, low, high, _ = stats.log_ratio_ci(one, other, conf, paired=False)
+            state = "erratic" if low > factor else "calm" if high < factor else "undecided"
+            rows.append(
+                {
+                    "cell": cell,
+                    "num_steps": ns,
+                    "batch_size": bs,
+                    "ratio": ratio,
+                    "ci_low": low,
+                    "ci_high": high,
+                    "state": state,
+                    "folders": list(g.loc[g["batch_size"].isin([1, bs]), "folder"]),
+                }
+            )
+    details = pd.DataFrame(rows)
     if details.empty:
-        return _inconclusive("no cell ran two values of num_steps")
-    verdict = SUPPORTED if details["explodes"].any() else REFUTED
-    stat = "; ".join(
-        f"{r.cell}: ρ {_f(r.rho)}, ×{_f(r.growth, '.2f')}"
-        + (f", {r.exploded_runs} diverged/exploding" if r.exploded_runs else "")
-        for r in details.itertuples()
-    )
-    said = []
-    for r in details.itertuples():
-        blew = f", {r.exploded_runs} runs diverged or exploded" if r.exploded_runs else ""
-        said.append(
-            f"{r.cell} ×{_f(r.growth, '.2f')} from num_steps {r.num_steps_low:g} to {r.num_steps_high:g} "
-            f"(median ρ = {_f(r.rho)}{blew})"
-        )
-    lead = (
-        "Max grad norm grew with num_steps beyond the threshold in "
-        + ", ".join(details.loc[details["explodes"], "cell"].astype(str))
-        if verdict == SUPPORTED
-        else "No cell's max grad norm grew enough with num_steps to count as an explosion"
-    )
-    why = "the loss is a per-token mean, so no growth comes from summing over steps"
-    sentence = f"{lead}: {'; '.join(said)}; {why}."
-    return SplitResult(verdict, stat, sentence, details)
+        return _inconclusive("no cell × num_steps group has batch 1 and a larger batch with enough seeds")
+    n = len(details)
+    n_err, n_calm = int((details["state"] == "erratic").sum()), int((details["state"] == "calm").sum())
+    erratic = by_fractions(n_err, n_calm, n, th)
+    cheap, cheap_num = INCONCLUSIVE, {"cheap_reason": NO_SPEED}
+    if sp is not None and "us_per_update" in sp:
+        res = []
+        for _, g in sp.groupby(["sweep", "task", "cell", "num_steps"], observed=True):
+            a, b = _paired(g, 4.0, 1.0, "us_per_update")  # batch 1 over batch 4
+            if len(a) >= th["speed"]["min_rounds"]:
+                res.append(stats.log_ratio_ci(a, b, conf, paired=True))
+        if res:
+            k_cheap = sum(r[2] < 1 for r in res)
+            k_dear = sum(r[1] > 1 for r in res)
+            cheap = by_fractions(k_cheap, k_dear, len(res), th)
+            cheap_num = {
+                "cheap_points": len(res),
+                "cheaper": k_cheap,
+                "median_us_ratio": float(np.median([r[0] for r in res])),
+            }
+    parts = (erratic, cheap)  # a conjunction: cheap per update AND very erratic
+    if parts == (SUPPORTED, SUPPORTED):
+        verdict = SUPPORTED
+    elif REFUTED in parts:
+        verdict = MIXED if SUPPORTED in parts else REFUTED
+    else:
+        verdict = INCONCLUSIVE
+    want = {SUPPORTED: "erratic", REFUTED: "calm"}.get(erratic)
+    dec = details if want is None else details[details["state"] == want]
+    deciding = _deciding([(f, say.why_c7(r)) for r in dec.itertuples() for f in r.folders])
+    numbers = {
+        "erratic_part": erratic,
+        "cheap_part": cheap,
+        "groups": n,
+        "erratic": n_err,
+        "calm": n_calm,
+        "median_ratio": float(details["ratio"].median()),
+        "min_factor": factor,
+        **cheap_num,
+    }
+    return SplitResult(verdict, numbers, details.drop(columns=["folders"]), deciding)
 
 
 # ------------------------------------------------------------------------------------------------------- C6
@@ -526,79 +826,85 @@ def synthesize(c1: str, c2: str, c4: str) -> str:
 
 
 # -------------------------------------------------------------------------------------------------- driver
-def judge(runs: pd.DataFrame, th: dict[str, Any], bench_cv: float | None = None) -> list[Verdict]:
-    """Every claim, within every split, then across them."""
+def judge(runs: pd.DataFrame, th: dict[str, Any], speed: pd.DataFrame | None = None) -> list[Verdict]:
+    """Every claim, within every split (task · budget · lr protocol), then across them."""
     df = prepare(runs)
-    noise = float(bench_cv or 0.0)
-    judges: dict[str, Callable[[pd.DataFrame], SplitResult]] = {
-        "C1": lambda d: judge_c1(d, th, noise),
-        "C2": lambda d: judge_c2(d, th),
-        "C3": lambda d: judge_c3(d, th, noise),
-        "C4": lambda d: judge_c4(d, th),
-        "C5": lambda d: judge_c5(d, th),
-    }
+    sp = prepare_speed(speed)
     splits = sorted(df["split"].unique()) if not df.empty else []
-    per_split: dict[str, dict[str, SplitResult]] = {cid: {} for cid in CLAIMS}
+    per: dict[str, dict[str, SplitResult]] = {cid: {} for cid in CLAIMS}
+    points = speed_points(sp, th) if sp is not None else pd.DataFrame()
     for split in splits:
         part = df[df["split"] == split]
-        for cid, fn in judges.items():
-            per_split[cid][split] = fn(part)
-        trio = [per_split[k][split].verdict for k in ("C1", "C2", "C4")]
-        v6 = synthesize(*trio)
-        text = f"C1 {trio[0]}, C2 {trio[1]}, C4 {trio[2]}"
-        per_split["C6"][split] = SplitResult(v6, text, f"{v6.capitalize()}: {text}.")
-    out = []
-    for cid, claim in CLAIMS.items():
-        results = per_split[cid]
-        n_runs = df["split"].value_counts()
-        table = pd.DataFrame(
-            [
-                {
-                    "split": s,
-                    "verdict": r.verdict,
-                    "statistic": r.statistic,
-                    "sentence": r.sentence,
-                    "runs": int(n_runs.get(s, 0)),
-                }
-                for s, r in results.items()
-            ],
-            columns=["split", "verdict", "statistic", "sentence", "runs"],
-        )
-        details = (
-            pd.concat(
-                [r.details.assign(split=s) for s, r in results.items() if not r.details.empty],
-                ignore_index=True,
-            )
-            if any(not r.details.empty for r in results.values())
-            else pd.DataFrame()
-        )
-        out.append(_overall(claim, results, table, details))
-    return out
+        task = str(part["task"].iloc[0])
+        task_sp = sp[sp["task"] == task] if sp is not None else None
+        c2 = per["C2"][split] = judge_c2(part, th)
+        if sp is None:
+            per["C1"][split] = _inconclusive(NO_SPEED)
+        elif task_sp.empty:
+            per["C1"][split] = _inconclusive(f"the speed phase timed no point of task {task}")
+        else:
+            per["C1"][split] = judge_c1(points[points["task"] == task], c2, th)
+        per["C4"][split] = judge_c4(part, th)
+        per["C5"][split] = judge_c5(part, th)
+        per["C7"][split] = judge_c7(part, task_sp if task_sp is not None and not task_sp.empty else None, th)
+    for split in splits:  # after every split: an equal-updates split quotes its equal-tokens twin
+        per["C6"][split] = _judge_c6(df[df["split"] == split], split, per, df)
+    if sp is None:
+        for split in splits:
+            per["C3"][split] = _inconclusive(NO_SPEED)
+    else:
+        for task, g in sp.groupby("task"):
+            labels = sorted(df.loc[df["task"] == task, "task_label"].astype(str).unique()) or [str(task)]
+            per["C3"][f"{' / '.join(labels)} · speed phase"] = judge_c3(g, th)
+    n_runs = df["split"].value_counts()
+    return [_assemble(CLAIMS[cid], per[cid], n_runs) for cid in CLAIMS]
 
 
-def _overall(claim: Claim, results: dict[str, SplitResult], table: pd.DataFrame, details: pd.DataFrame) -> Verdict:
-    if not results:
-        return Verdict(claim, INCONCLUSIVE, "—", "Inconclusive: no finished run to judge.", table, details)
-    verdict = combine([r.verdict for r in results.values()])
-    if len(results) == 1:
-        (r,) = results.values()
-        return Verdict(claim, verdict, r.statistic, r.sentence, table, details)
-    by_verdict: dict[str, list[str]] = {}
-    for split, r in results.items():
-        by_verdict.setdefault(r.verdict, []).append(split)
-    statistic = "\n".join(f"{split}: {r.statistic}" for split, r in results.items())  # a line per setting
-    if verdict != MIXED:
-        split, r = next((s, r) for s, r in results.items() if r.verdict == verdict)
-        rest = len(results) - len(by_verdict.get(verdict, []))
-        also = f" ({rest} inconclusive)" if rest else ""
-        count = f"{len(by_verdict[verdict])} of {len(results)} settings{also}"
-        sentence = f"{verdict.capitalize()} in {count}. In {split}: {r.sentence}"
-        return Verdict(claim, verdict, statistic, sentence, table, details)
-    where = "; ".join(f"{v} in {', '.join(s)}" for v, s in by_verdict.items())
-    examples = " ".join(
-        f"In {splits[0]}: {results[splits[0]].sentence}" for v, splits in by_verdict.items() if v != INCONCLUSIVE
+def _judge_c6(part: pd.DataFrame, split: str, per: dict[str, dict[str, SplitResult]], df: pd.DataFrame) -> SplitResult:
+    trio = {k: per[k][split].verdict for k in ("C1", "C2", "C4")}
+    if str(part["budget_kind"].iloc[0]).startswith("tokens"):
+        # the runs C6 rests on are those its three parts rest on
+        parts = [per[k][split].deciding for k in ("C1", "C2", "C4") if not per[k][split].deciding.empty]
+        deciding = pd.concat(parts, ignore_index=True).drop_duplicates() if parts else _deciding([])
+        return SplitResult(synthesize(*trio.values()), {"parts": trio, "equal_tokens": True}, deciding=deciding)
+    # At equal updates a bigger batch also sees more data: C6 is not judged here, only how C2/C4 moved.
+    twin = df[(df["task_label"] == part["task_label"].iloc[0]) & df["budget_kind"].astype(str).str.startswith("tokens")]
+    ref = {k: per[k].get(s).verdict for s in twin["split"].unique() for k in ("C2", "C4") if s in per[k]}
+    return _inconclusive(
+        "C6 is judged at equal tokens only", numbers={"parts": trio, "equal_tokens": False, "at_equal_tokens": ref}
     )
-    return Verdict(claim, verdict, statistic, f"Mixed — {where}. {examples}", table, details)
+
+
+def _assemble(claim: Claim, results: dict[str, SplitResult], n_runs: pd.Series) -> Verdict:
+    table = pd.DataFrame(
+        [
+            {
+                "split": s,
+                "verdict": r.verdict,
+                "statistic": say.statistic(claim.id, r),
+                "sentence": say.sentence(claim.id, r),
+                "runs": int(n_runs.get(s, 0)),
+            }
+            for s, r in results.items()
+        ],
+        columns=["split", "verdict", "statistic", "sentence", "runs"],
+    )
+
+    def stack(attr: str, columns: list[str]) -> pd.DataFrame:
+        frames = [getattr(r, attr).assign(split=s) for s, r in results.items() if not getattr(r, attr).empty]
+        if not frames:
+            return pd.DataFrame(columns=columns)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # empty-or-NaN columns in concat
+            out = pd.concat(frames, ignore_index=True)
+        return out[["split", *[c for c in out.columns if c != "split"]]]
+
+    details = stack("details", ["split"])
+    deciding = stack("deciding", DECIDING_COLUMNS)
+    unin = stack("uninformative", UNINFORMATIVE_COLUMNS)
+    verdict = combine([r.verdict for r in results.values()])
+    statistic, sentence = say.overall(claim.id, verdict, table)
+    return Verdict(claim, verdict, statistic, sentence, table, details, deciding, unin)
 
 
 def verdict_table(verdicts: list[Verdict]) -> pd.DataFrame:

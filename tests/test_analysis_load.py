@@ -9,6 +9,7 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 
 from analysis.load import NoRecords, _grid_folders, load_results, load_series
 from analysis.synthetic import folder_name, runs_table, write_record, write_results
@@ -116,15 +117,19 @@ def test_only_the_best_tuning_trial_of_a_cell_is_judged(tmp_path):
     runs = load_results(tmp_path).runs.set_index("trial_number")
     assert set(runs["protocol"]) == {"tuned lr"}
     assert list(runs.index[runs["in_verdicts"]]) == [2]
-    assert runs.loc[2, "best_source"] == "best_trials.json"
+    assert runs.loc[2, "best_source"].startswith("best_trials.json")
     assert set(runs["variant"]) == {""}  # the searched lr is a nuisance parameter, not a setting
 
 
-def test_without_best_trials_json_the_lowest_loss_trial_is_judged(tmp_path):
+def test_selection_runs_are_never_judged_by_their_own_loss(tmp_path):
+    # a tuning sweep still running (no best_trials.json) or one with a test phase (version 2, no best folder):
+    # picking the trial with the lowest held-out loss would select on the noise the verdicts then read
     _tuning_sweep(tmp_path, [0.9, 0.7, 0.8])
-    runs = load_results(tmp_path).runs.set_index("trial_number")
-    assert list(runs.index[runs["in_verdicts"]]) == [1]
-    assert runs.loc[1, "best_source"].startswith("lowest valid_loss")
+    runs = load_results(tmp_path).runs
+    assert not runs["in_verdicts"].any()
+    best = {"version": 2, "cells": [{"study": "tune:cell", "best": {"trial": 1, "mean": 0.7}}]}
+    (tmp_path / "best_trials.json").write_text(json.dumps(best))
+    assert not load_results(tmp_path).runs["in_verdicts"].any()
 
 
 def test_no_records_is_an_error(tmp_path):
@@ -173,3 +178,106 @@ def test_records_written_by_the_real_runner_load_and_report(tmp_path):
     assert res.runs["tokens_per_s"].notna().all() and res.runs["acc_lag_8"].notna().all()
     index = build_report(tmp_path)
     assert index.read_text().count("<img ") >= 4
+
+
+def _edit_record(folder, edit) -> None:
+    rec = json.loads((folder / "run.json").read_text())
+    edit(rec)
+    (folder / "run.json").write_text(json.dumps(rec))
+
+
+def test_span_fallback_needs_the_wilson_interval_above_chance_and_does_not_floor_capacity(tmp_path):
+    table = runs_table(cells=("rnn",), batch_sizes=(2, 4), num_steps=(8,), seeds=(0,), task="lags", span=None)
+    few, many = write_results(tmp_path, table)
+    accs = {"1": 0.9, "2": 0.4, "4": 0.2, "8": 0.9, "16": 0.5, "32": 0.3}
+
+    def with_counts(n: float, no_target: str | None = None):
+        def edit(rec):
+            rec["summary"]["lag_accuracy"] = dict(accs)
+            rec["summary"]["lag_count"] = {k: (0.0 if k == no_target else n) for k in accs}
+            for key in ("span", "memory_capacity"):  # a record without the measures: the loader derives them
+                rec["summary"].pop(key, None)
+
+        return edit
+
+    # 0.4 >= chance 0.25 + margin 0.1 at lag 2, but over 10 targets its Wilson interval reaches down to 0.17
+    _edit_record(few, with_counts(10.0))
+    _edit_record(many, with_counts(4096.0, no_target="4"))  # lag 4 had no target: skipped, not a failure
+    runs = load_results(tmp_path).runs.set_index("batch_size")
+    assert runs.loc[2, "span"] == 1 and runs.loc[4, "span"] == 16  # lag 32 (0.3) is below chance + margin
+    # capacity = sum of (acc - chance) / (1 - chance), below-chance heads count negative (as sweep/measures.py)
+    heads = [0.9, 0.4, 0.2, 0.9, 0.5, 0.3]
+    assert runs.loc[2, "memory_capacity"] == pytest.approx(sum((a - 0.25) / 0.75 for a in heads))
+    assert runs.loc[4, "memory_capacity"] == pytest.approx(sum((a - 0.25) / 0.75 for a in heads if a != 0.2))
+
+
+def test_a_record_without_target_counts_leaves_the_span_missing(tmp_path):
+    table = runs_table(cells=("rnn",), batch_sizes=(2,), num_steps=(8,), seeds=(0,), task="lags", span=None)
+    (folder,) = write_results(tmp_path, table)
+    _edit_record(folder, lambda rec: rec["summary"].pop("lag_count"))
+    run = load_results(tmp_path).runs.iloc[0]
+    assert pd.isna(run["span"]) and run["span_source"] is None  # no interval without counts: not invented
+
+
+NEW = ("growth_slope", "loss_jitter_rel", "gradient_flat", "effective_context_censored", "probe_span_cell")
+
+
+def test_protocol_from_lr_protocol_load_label_and_new_measures_as_empty_columns(tmp_path):
+    table = runs_table(cells=("rnn",), batch_sizes=(2, 8), num_steps=(8,), seeds=(0,))
+    folders = write_results(tmp_path, table)
+    for i, folder in enumerate(folders):
+
+        def edit(rec, i=i):
+            rec["config"]["optim"].update(lr_protocol="searched", lr=0.01 * (i + 1))  # one lr per batch size
+            rec["env"] = {**rec["env"], "parallel_jobs": 2 if i else 1}
+            for key in NEW:  # a record written before these measures existed
+                rec["summary"].pop(key, None)
+
+        _edit_record(folder, edit)
+    runs = load_results(tmp_path).runs.set_index("batch_size")
+    assert set(runs["protocol"]) == {"searched lr"}
+    assert set(runs["variant"]) == {""}  # a searched lr is chosen per point: not a setting of its own
+    assert runs.loc[2, "split"] == runs.loc[8, "split"] == "echo (lag 8) · tokens 65536 · searched lr"
+    assert not runs.loc[2, "timed_under_load"] and runs.loc[8, "timed_under_load"]
+    for col in NEW:
+        assert col in runs and runs[col].isna().all()
+    from analysis.tables import protocol
+
+    optim = protocol(runs.reset_index()).set_index("item").loc["optimizer, base lr", "value"]
+    assert optim == "adam, searched lr per grid cell (values: lr table below)"  # not one lr per run
+
+
+def test_speed_phase_and_lr_search_files_of_a_sweep_are_read(tmp_path):
+    write_results(tmp_path, runs_table(cells=("rnn",), batch_sizes=(2,), num_steps=(8,), seeds=(0,)))
+    speed = pd.DataFrame({"task": "echo", "cell": "rnn", "batch_size": [2, 2], "num_steps": 8, "round": [0, 1],
+                          "tokens_per_s": [100.0, 110.0], "us_per_update": 1.0, "threads": 1,
+                          "device": "cpu"})  # fmt: skip
+    speed.to_parquet(tmp_path / "speed.parquet")
+    (tmp_path / "speed.json").write_text(json.dumps({"rounds": 2, "threads": 1}))
+    chosen = [{"task": "echo", "cell": "rnn", "batch_size": 2, "lr": 0.01, "mean_valid_loss": 1.0, "n": 2}]
+    (tmp_path / "lr_search.json").write_text(json.dumps({"chosen": chosen, "table": [], "values": [0.01]}))
+    res = load_results(tmp_path)
+    assert list(res.speed["tokens_per_s"]) == [100.0, 110.0] and set(res.speed["sweep"]) == {"."}
+    assert res.speed_plan == {"rounds": 2, "threads": 1}
+    assert res.lr_search["chosen"][0]["lr"] == 0.01
+
+
+def test_grid_rebuild_escapes_slashes_like_the_sweeper(tmp_path):
+    """A killed sweep (multirun.yaml, no sweep_summary.json) whose override holds a path: the records sit in
+    folders named by sweep.record.run_dirname, and the loader must find them there."""
+    from sweep.record import run_dirname
+
+    table = runs_table(cells=("rnn",), batch_sizes=(2, 8), num_steps=(8,), seeds=(0,))
+    sweep = tmp_path / "text"
+    folders = write_results(sweep, table, summary_file=False)
+    path = "/data/corpus/train.txt"
+    for folder, bs in zip(folders, (2, 8), strict=True):
+        folder.rename(sweep / run_dirname(f"batch_size={bs},task.path={path}"))
+    conf = {"hydra": {"sweeper": {"params": {"batch_size": "2,8,32"}},
+                      "overrides": {"task": [f"task.path={path}", "results_dir=/x"]},
+                      "job": {"config": {"override_dirname": {"exclude_keys": ["results_dir"]}}}}}  # fmt: skip
+    (sweep / "multirun.yaml").write_text(yaml.safe_dump(conf))
+    res = load_results(tmp_path)
+    assert len(res.runs) == 2 and res.grid_points == 3
+    assert list(res.missing["folder"]) == [run_dirname(f"batch_size=32,task.path={path}")]
+    assert "%2F" in res.missing["folder"].iloc[0]
