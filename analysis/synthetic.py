@@ -42,7 +42,7 @@ CLAIMS_TRUE: dict[str, Outcome] = {
     "growth_slope": lambda cell, bs, ns, seed: 0.8,  # window gradient norm ~ L^0.8 at fixed parameters
     "growth_slope_initial": lambda cell, bs, ns, seed: 0.3,
     "clip_fraction": lambda cell, bs, ns, seed: 0.0,
-    "loss_jitter_rel": lambda cell, bs, ns, seed: 0.1 / bs**0.5,  # update-to-update spread ~ 1/sqrt(rows)
+    "loss_jitter": lambda cell, bs, ns, seed: 0.1 / bs**0.5,  # update-to-update spread ~ 1/sqrt(rows)
 }
 # outcomes left without noise: accuracies and the discrete span stay exact
 DISCRETE = ("valid_accuracy", "acc_lag_8", "chance_accuracy", "span", "clip_fraction")
@@ -273,7 +273,7 @@ def write_record(folder: Path, row: dict[str, Any], updates: int = 40, profiles:
         "memory_capacity",
         "growth_slope",
         "growth_slope_initial",
-        "loss_jitter_rel",
+        "loss_jitter",
     ):
         if key in row and pd.notna(row[key]) and status == "complete":
             summary[key] = float(row[key])

@@ -10,14 +10,16 @@ import pandas as pd
 from scipy import stats
 
 # outcome column -> label a reader understands (the ANOVA and the mean tables use the same list)
+# Effect sizes: continuous outcomes get partial eta^2 from a full-factorial OLS ANOVA (interactions included);
+# proportions get deviance shares from a binomial GLM. Capped or discrete outcomes (span, horizon, effective
+# context) get neither: a linear model of a count stuck at its ceiling says little (docs/claims.md).
 OUTCOMES = {
-    "log_tokens_per_s": "log tokens/s",
     "valid_loss": "final held-out loss",
-    "span": "learned span",
-    "effective_context": "effective context",
-    "gradient_horizon": "gradient horizon",
-    "log_grad_norm_max": "log max grad norm",
+    "memory_capacity": "memory capacity",
+    "log_loss_jitter": "log loss jitter (nats)",
+    "growth_slope": "window-gradient growth slope",
 }
+PROPORTIONS = {"valid_accuracy": "held-out accuracy"}
 MEAN_OUTCOMES = {
     "tokens_per_s": "tokens/s",
     "valid_loss": "held-out loss",
@@ -32,20 +34,32 @@ MEAN_OUTCOMES = {
 
 
 def effect_sizes(runs: pd.DataFrame) -> pd.DataFrame:
-    """Partial eta^2 of batch_size, num_steps and cell on each outcome, per setting (complete runs)."""
-    from analysis.stats import partial_eta2  # here: the speed, target and noise tables need no verdicts
+    """Per setting and outcome: partial eta^2 of every term of the full factorial batch_size x num_steps x cell
+    (continuous outcomes), or the deviance share of each factor in a binomial GLM (accuracy), with the range
+    over which each factor was moved (an effect over 64x of batch size and one over 4x of num_steps are not
+    the same comparison)."""
+    from analysis.stats import deviance_shares, level_range, partial_eta2
     from analysis.verdicts import prepare
 
     df = prepare(runs)
-    df = df[df["status"] == "complete"]
+    df = df[df["status"] == "complete"].copy()
+    if "loss_jitter" in df:
+        jitter = pd.to_numeric(df["loss_jitter"], errors="coerce")
+        df["log_loss_jitter"] = np.log(jitter.where(jitter > 0))
     rows = []
     for split, part in df.groupby("split"):
-        for outcome, label in OUTCOMES.items():
+        ranges = f"{level_range(part['batch_size'], 'batch')}; {level_range(part['num_steps'], 'num_steps')}"
+        for outcome, label in {**OUTCOMES, **PROPORTIONS}.items():
             if outcome not in part or pd.to_numeric(part[outcome], errors="coerce").notna().sum() < 3:
                 continue
-            eta = partial_eta2(part, outcome)
-            rows.append({"split": split, "outcome": label, **{f"η² {k}": v for k, v in eta.items()},
-                         "runs": int(part[outcome].notna().sum())})  # fmt: skip
+            if outcome in PROPORTIONS:
+                shares = deviance_shares(part, outcome)
+                values, model = {f"share {k}": v for k, v in shares.items()}, "binomial GLM, deviance share"
+            else:
+                eta = partial_eta2(part, outcome)
+                values, model = {f"η² {k}": v for k, v in eta.items()}, "full-factorial OLS, partial η²"
+            rows.append({"split": split, "outcome": label, "model": model, **values, "levels": ranges,
+                         "runs": int(pd.to_numeric(part[outcome], errors="coerce").notna().sum())})  # fmt: skip
     return pd.DataFrame(rows)
 
 

@@ -87,7 +87,7 @@ CLAIMS = {
         Claim(
             "C7",
             "batch_size=1 is cheap per update but very erratic",
-            "relative update-to-update loss jitter (loss_jitter_rel); speed-phase µs per update",
+            "update-to-update loss jitter in nats (loss_jitter); speed-phase µs per update",
             "Welch t-interval of the log jitter ratio batch 1 / batch b per cell × num_steps vs a minimum factor; "
             "paired-by-round µs/update ratio batch 1 / batch 4",
         ),
@@ -740,9 +740,10 @@ def judge_c7(df: pd.DataFrame, sp: pd.DataFrame | None, th: dict[str, Any]) -> S
     if reason:
         return _inconclusive(reason)
     d = df[df["status"] == "complete"]
-    jitter = _num(d, "loss_jitter_rel")
+    outcome = str(th["c7"].get("outcome", "loss_jitter"))
+    jitter = _num(d, outcome)
     if jitter.notna().sum() == 0:
-        return _inconclusive("measure missing: the records have no loss jitter (loss_jitter_rel)")
+        return _inconclusive(f"measure missing: the records have no loss jitter ({outcome})")
     if not (d["batch_size"] == 1).any():
         return _inconclusive("no batch_size=1 runs")
     conf, factor = float(th["confidence"]), float(th["c7"]["min_factor"])

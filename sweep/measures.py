@@ -183,10 +183,10 @@ class _Plan:
         return {*starts, *self.grad_s.tolist(), *self.growth_s.tolist()}
 
 
-def _window_starts(rows: int, length: int, span: int, count: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _window_starts(rows: int, length: int, span: int, count: int, first: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """`count` (row, start) pairs with start a multiple of _CHUNK (>= _CHUNK when it fits, so the state is
-    warm and lag targets are defined) and start + span <= length; start 0 when nothing else fits."""
-    starts = list(range(_CHUNK, length - span + 1, _CHUNK)) or [0]
+    warm and lag targets are defined) and start + span <= length; start `first` when nothing else fits."""
+    starts = list(range(_CHUNK, length - span + 1, _CHUNK)) or [first]
     idx = _spread(rows * len(starts), count)
     return idx // len(starts), torch.tensor(starts)[idx % len(starts)]
 
@@ -205,8 +205,11 @@ def _plan(m: DictConfig, cfg: DictConfig, rows: int, length: int, max_lag: int, 
     horizon_k = min(int(m.horizon_max_k), length - 1)
     grad_b, grad_s = _window_starts(rows, length, horizon_k + 1, m.horizon_windows)
 
-    lengths = sorted({int(n) for n in _opt(cfg, "growth_lengths", _GROWTH_LENGTHS) if 1 <= n <= length})
-    growth_b, growth_s = _window_starts(rows, length, max(lengths, default=0), int(_opt(cfg, "growth_windows", 8)))
+    # every window, the shortest included, must hold a defined target: it starts at max_lag or later
+    lengths = sorted({int(n) for n in _opt(cfg, "growth_lengths", _GROWTH_LENGTHS) if 1 <= n <= length - max_lag})
+    growth_b, growth_s = _window_starts(
+        rows, length, max(lengths, default=0), int(_opt(cfg, "growth_windows", 8)), first=max_lag
+    )
     return _Plan(
         contexts=contexts,
         ctx_span=span,

@@ -307,10 +307,10 @@ def test_c5_without_the_growth_measure_is_inconclusive_and_divergence_supports(t
 # ------------------------------------------------------------------------------------------------- C7
 def test_c7_erratic_and_cheap(th):
     assert verdicts_of(runs_table(), th, speed_table())["C7"] == SUPPORTED
-    calm = runs_table(loss_jitter_rel=lambda *a: 0.1)
+    calm = runs_table(loss_jitter=lambda *a: 0.1)
     assert verdicts_of(calm, th, speed_table())["C7"] == MIXED  # cheap per update, but not erratic
     assert verdicts_of(runs_table(), th)["C7"] == INCONCLUSIVE  # cost per update unmeasured without a speed phase
-    c7 = by_claim(judge(runs_table(loss_jitter_rel=None), th, speed_table()))["C7"]
+    c7 = by_claim(judge(runs_table(loss_jitter=None), th, speed_table()))["C7"]
     assert "measure missing" in c7.sentence
 
 
@@ -321,6 +321,44 @@ def interaction_table() -> pd.DataFrame:
         cells=("gru",), batch_sizes=(1, 16), num_steps=(4, 16), noise=0.02,
         valid_loss=lambda cell, bs, ns, seed: 2.0 if (bs == 1) == (ns == 4) else 1.0,
     )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def erratic() -> pd.DataFrame:
+    runs = load_results(FIXTURES / "erratic").runs
+    need(runs, ["batch_size", "seed", "status", "loss_jitter", "loss_jitter_rel", "budget"])
+    return runs
+
+
+def test_c7_on_the_erratic_fixture_batch_1_jumps_twice_as_much(erratic, speed, th):
+    """tests/fixtures/README.md: GRU, echo, num_steps 16, 400 updates; batch 1 averages 16 token losses per update,
+    batch 16 averages 256, and its loss jumps more from one update to the next in every seed."""
+    j = erratic.set_index(["batch_size", "seed"])["loss_jitter"]
+    assert j.xs(1).min() > j.xs(16).max()
+    c7 = by_claim(judge(erratic, th, speed.assign(sweep="fixture")))["C7"]
+    assert c7.verdict == SUPPORTED
+    row = c7.details.iloc[0]
+    assert row["state"] == "erratic" and row["ci_low"] > th["c7"]["min_factor"]
+    assert set(c7.deciding["folder"]) == set(erratic["folder"])
+
+
+def test_mutation_relative_jitter_hides_the_erratic_batch(erratic, speed, th):
+    # dividing by the loss: batch 16 learned more (lower loss), so its relative jitter rises towards batch 1's
+    wrong = {**th, "c7": {**th["c7"], "outcome": "loss_jitter_rel"}}
+    c7 = by_claim(judge(erratic, wrong, speed.assign(sweep="fixture")))["C7"]
+    assert c7.details.iloc[0]["state"] != "erratic" and c7.verdict != SUPPORTED
+
+
+def test_c5_on_the_fixture_no_grid_point_grows_like_sqrt_l(records, th):
+    """At fixed parameters the gradient norm of a window's mean loss does not grow faster than sqrt(L) for any
+    fixture network (trained or initial): C5 is refuted on lags, and on echo one point's seeds scatter too much."""
+    c5 = by_claim(judge(records, th))["C5"]
+    d = c5.details
+    assert (d["slope_initial"] < 0).all()  # an untrained GRU's window gradient shrinks with L
+    lags = d[d["split"].str.startswith("lags")]
+    assert (lags["ci_high"] < th["c5"]["min_slope"]).all() and (lags["state"] == "bounded").all()
+    splits = c5.splits.set_index("split")["verdict"]
+    assert splits[[s for s in splits.index if s.startswith("lags")][0]] == REFUTED
 
 
 def test_partial_eta2_comes_from_the_full_factorial():
