@@ -103,7 +103,7 @@ EXPECTED = (
     "lr",
 )
 # optim.lr_protocol (set by the sweeper) -> the label a split carries
-PROTOCOLS = ("fixed", "scaled", "searched", "tuned")
+PROTOCOLS = ("fixed", "scaled", "searched", "tuned", "candidate")
 SPEED_FILE, SPEED_PLAN, LR_SEARCH = "speed.parquet", "speed.json", "lr_search.json"
 # Nuisance parameters a tuning study searches over: they vary between trials by design.
 _TUNED_KEYS = {"optim.lr", "optim.clip", "optim.momentum"}
@@ -351,6 +351,8 @@ def _protocol(optim: dict[str, Any], tuned: bool) -> str:
     if declared in PROTOCOLS:
         if declared == "scaled":
             return f"scaled lr ({scaling})" if scaling not in (None, "none") else "scaled lr"
+        if declared == "candidate":
+            return "lr search candidate"
         return f"{declared} lr"
     if tuned:
         return "tuned lr"
@@ -366,6 +368,9 @@ def _finish_table(runs: pd.DataFrame, best: set[str]) -> pd.DataFrame:
             runs[col] = np.nan
     for col in ("batch_size", "num_steps", "seed"):
         runs[col] = pd.to_numeric(runs[col], errors="coerce").astype("Int64")
+    # Selection runs (an lr search's candidates, an Optuna study's trials) chose a nuisance parameter: kept and
+    # listed, never judged, and never what makes the judged runs' settings differ.
+    runs["selection"] = runs["tuning_trial"].astype(bool) | (runs["lr_protocol"] == "candidate")
     runs["variant"] = _variants(runs)
     runs["split"] = [
         " · ".join(p for p in parts if p)
@@ -377,7 +382,7 @@ def _finish_table(runs: pd.DataFrame, best: set[str]) -> pd.DataFrame:
     jobs = pd.to_numeric(runs.get("env.parallel_jobs", pd.Series(np.nan, index=runs.index)), errors="coerce")
     runs["timed_under_load"] = (jobs > 1).astype(bool)
     # Tuning trials other than the best one per grid cell are records, not results: kept, never judged.
-    runs["in_verdicts"] = runs["status"].isin(FINISHED) & (~runs["tuning_trial"] | runs["best_trial"])
+    runs["in_verdicts"] = runs["status"].isin(FINISHED) & (~runs["selection"] | runs["best_trial"])
     tps = pd.to_numeric(runs["tokens_per_s"], errors="coerce")
     runs["log_tokens_per_s"] = np.log(tps.where(tps > 0))
     gmax = pd.to_numeric(runs["grad_norm_max"], errors="coerce")
@@ -414,12 +419,13 @@ def _variants(runs: pd.DataFrame) -> pd.Series:
     cfg_cols = [c for c in runs.columns if c.startswith("cfg.")]
     # a searched or tuned lr differs per grid point by design: a nuisance parameter, not a setting
     nuisance = runs["tuning_trial"].astype(bool) | runs["lr_protocol"].isin(["searched", "tuned"])
+    judged = ~runs["selection"] | runs["tuning_trial"]  # an lr search's candidates run other settings on purpose
     keys = []
     for col in cfg_cols:
         key = col[4:]
         if key in _NOT_A_VARIANT:
             continue
-        values = runs.loc[~nuisance, col] if key in _TUNED_KEYS else runs[col]
+        values = runs.loc[~nuisance & judged, col] if key in _TUNED_KEYS else runs.loc[judged, col]
         # a key absent from older records (the config schema grew) is not a setting that varies
         if values.dropna().astype(str).nunique() > 1:
             keys.append(key)

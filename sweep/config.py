@@ -21,9 +21,10 @@ CELLS = ("rnn", "gru", "lstm")
 TASKS = ("echo", "lags", "text")
 OPTIMIZERS = ("sgd", "adam")
 LR_SCALINGS = ("none", "linear", "sqrt")
-# How the run's lr was chosen (informational, for the report): given as is, scaled by a rule from a base batch
-# size, picked by the sweeper's lr search (pooled over seeds), or tuned per grid cell by Optuna.
-LR_PROTOCOLS = ("fixed", "scaled", "searched", "tuned")
+# How the run's lr was chosen (for the report): given as is, scaled by a rule from a base batch size, picked by
+# the sweeper's lr search (pooled over seeds), or tuned per grid cell by Optuna; "candidate" marks a run *of*
+# an lr search, a selection run that no verdict ever reads.
+LR_PROTOCOLS = ("fixed", "scaled", "searched", "tuned", "candidate")
 BUDGETS = ("tokens", "updates", "seconds")
 DEVICES = ("auto", "cpu", "cuda")
 LEVELS = ("word", "char")
@@ -66,7 +67,7 @@ class OptimConfig:
     clip: float = 5.0  # max global grad norm; 0 = no clipping (the norm is still recorded)
     lr_scaling: str = "none"
     base_batch_size: int = 16  # the batch size at which `lr` is used as given
-    lr_protocol: str = "fixed"  # fixed | scaled | searched | tuned: set by the sweeper, read by the report
+    lr_protocol: str = "fixed"  # fixed | scaled | searched | tuned | candidate: set by the sweeper
 
 
 @dataclass

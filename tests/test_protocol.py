@@ -106,3 +106,48 @@ def test_the_speed_phase_alone_times_each_distinct_point_and_trains_nothing(tmp_
     speed = pd.read_parquet(tmp_path / "sp" / "speed.parquet")
     assert len(speed) == 4 * 2
     assert set(speed["round"]) == {0, 1} or set(speed["round"]) == {1, 2}
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["batch_size=4", "model=gru", "optim.lr=0.003", "optim.lr_protocol=searched"],
+        ["task=lags", "budget=tokens", "budget.amount=131072", "num_steps=4", "seed=3", "optim.lr=0.01"],
+        ["task=text", "task.path=/tmp/a/b.txt", "optim.lr=1e-05", "experiment=smoke", "name=x"],
+    ],
+)
+def test_the_recomputed_override_dirname_is_hydras(make_cfg, overrides):
+    """The lr search re-plans the grid without composing it again; the folder it computes must be the one Hydra
+    gives the job, or records would land where the sweep does not look."""
+    from hydra import compose
+
+    from hydra_plugins.rnn_sweep_sweeper.grid_sweeper import override_dirname
+
+    make_cfg()  # enters the config dir
+    cfg = compose("config", overrides=overrides, return_hydra_config=True)
+    od = cfg.hydra.job.config.override_dirname
+    mine = override_dirname(overrides, list(od.exclude_keys), od.item_sep, od.kv_sep)
+    assert mine == cfg.hydra.job.override_dirname
+
+
+@pytest.mark.parametrize("extra", [["optim.lr=0.003", "optim.lr_protocol=searched"], []])
+def test_a_point_derived_from_a_composed_sibling_is_what_composing_it_gives(make_cfg, extra):
+    """The planner composes one point per seed group and derives the others (and the searched lr) by setting
+    plain keys: config, signature and folder must equal a fresh composition, or a rerun would not find them."""
+    from hydra import compose
+
+    from hydra_plugins.rnn_sweep_sweeper.grid_sweeper import with_values
+    from sweep.record import resolved_config, signature
+
+    make_cfg()
+    base = ["experiment=claim", "task=lags", "budget=tokens", "budget.amount=131072", "model=gru", "batch_size=16",
+            "num_steps=4"]  # fmt: skip
+    sibling = compose("config", overrides=[*base, "seed=0"], return_hydra_config=True)
+    target = [*base, "seed=3", *extra]
+    fresh = compose("config", overrides=target, return_hydra_config=True)
+    values = {"seed": 3, **({"optim.lr": 0.003, "optim.lr_protocol": "searched"} if extra else {})}
+    derived = with_values(sibling, target, values)
+    assert resolved_config(derived) == resolved_config(fresh)
+    assert signature(derived) == signature(fresh)
+    assert derived.hydra.job.override_dirname == fresh.hydra.job.override_dirname
+    assert str(derived.hydra.sweep.subdir) == str(fresh.hydra.sweep.subdir)

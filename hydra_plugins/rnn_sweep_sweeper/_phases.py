@@ -14,7 +14,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from hydra_plugins.rnn_sweep_sweeper.grid_sweeper import PlannedJob, SweepFailed, plan_points
+from hydra_plugins.rnn_sweep_sweeper.grid_sweeper import PlannedJob, SweepFailed, plan_points, with_values
+from hydra_plugins.rnn_sweep_sweeper.grid_sweeper import override_key as _key
 
 log = logging.getLogger(__name__)
 
@@ -27,10 +28,6 @@ LR_SEARCH_DIR = "lr_search"
 SPEED_KEYS = ("task", "cell", "batch_size", "num_steps")
 # Keys that change neither the speed of an update nor the shape of the work.
 _SPEED_IRRELEVANT = ("seed", "budget", "eval", "measure", "name", "results_dir", "study", "trial", "progress_every_s")
-
-
-def _key(override: str) -> str:
-    return override.split("=", 1)[0].lstrip("+~")
 
 
 # ------------------------------------------------------------------------------------------------ speed phase
@@ -99,7 +96,14 @@ def group_key(job: PlannedJob, search: Any) -> tuple[str, ...]:
 def search_overrides(base: list[str], search: Any, name: str) -> list[list[str]]:
     """The runs of one group's search: every lr in `values` x every search seed."""
     return [
-        [*base, *search.overrides, f"seed={seed}", f"optim.lr={lr!r}", f"name={name}/{LR_SEARCH_DIR}"]
+        [
+            *base,
+            *search.overrides,
+            f"seed={seed}",
+            f"optim.lr={lr!r}",
+            "optim.lr_protocol=candidate",
+            f"name={name}/{LR_SEARCH_DIR}",
+        ]
         for lr in search["values"]
         for seed in search["seeds"]
     ]
@@ -115,6 +119,17 @@ def choose(rows: list[dict[str, Any]]) -> dict[str, Any]:
     means = {lr: sum(v) / len(v) for lr, v in by_lr.items()}
     best = min(means, key=lambda lr: (means[lr], lr))
     return {"lr": best, "mean_objective": means[best], "n": len(by_lr[best]), "means": means}
+
+
+def check_search(search: Any) -> None:
+    """Bad search settings stop the sweep before anything runs, with one line naming the field."""
+    from sweep.config import ConfigError
+
+    for lr in search["values"]:
+        if isinstance(lr, bool) or not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
+            raise ConfigError(f"invalid sweep: hydra.sweeper.lr_search.values: {lr!r} is not a positive number")
+    if not search["seeds"]:
+        raise ConfigError("invalid sweep: hydra.sweeper.lr_search.seeds: must name at least one search seed")
 
 
 def run_lr_search(sweeper: Any, jobs: list[PlannedJob], search: Any, sweep_dir: Path) -> dict[str, Any]:
@@ -178,11 +193,18 @@ def run_lr_search(sweeper: Any, jobs: list[PlannedJob], search: Any, sweep_dir: 
     return {"search": search, "lr": result}
 
 
-def with_chosen_lr(jobs: list[PlannedJob], chosen: dict[str, Any]) -> list[list[str]]:
-    """The grid's override lists with each point's searched lr."""
-    out = []
-    for job in jobs:
-        lr = chosen["lr"][group_key(job, chosen["search"])]
-        base = [o for o in job.overrides if _key(o) not in ("optim.lr", "optim.lr_protocol")]
-        out.append([*base, f"optim.lr={lr!r}", "optim.lr_protocol=searched"])
-    return out
+def with_lr(job: PlannedJob, lr: float) -> PlannedJob:
+    """The grid point `job` trained with the searched `lr`: its config, folder and signature updated in place of
+    a fresh composition (the lr changes nothing else a composition would derive)."""
+    from sweep.record import signature
+
+    overrides = [o for o in job.overrides if _key(o) not in ("optim.lr", "optim.lr_protocol")]
+    overrides += [f"optim.lr={lr!r}", "optim.lr_protocol=searched"]
+    cfg = with_values(job.config, overrides, {"optim.lr": float(lr), "optim.lr_protocol": "searched"})
+    out_dir = Path(cfg.hydra.sweep.dir) / str(cfg.hydra.sweep.subdir)  # subdir interpolates override_dirname
+    return PlannedJob(overrides, out_dir, signature(cfg), job.cost, cfg)
+
+
+def with_chosen_lr(jobs: list[PlannedJob], chosen: dict[str, Any]) -> list[PlannedJob]:
+    """The grid's points, each with its group's searched lr."""
+    return [with_lr(job, chosen["lr"][group_key(job, chosen["search"])]) for job in jobs]

@@ -17,6 +17,7 @@
 
 import logging
 import os
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -121,8 +122,52 @@ def plan_jobs(sweeper: BasicSweeper, arguments: list[str]) -> list[PlannedJob]:
     return plan_points(sweeper, grid_points(sweeper, arguments))
 
 
+def override_key(override: str) -> str:
+    return override.split("=", 1)[0].lstrip("+~")
+
+
+def override_dirname(overrides: list[str], exclude_keys: list[str], item_sep: str = ",", kv_sep: str = "=") -> str:
+    """Hydra's `hydra.job.override_dirname` of a list of overrides: the lines whose key is not excluded, sorted,
+    joined. Hydra computes it when it composes a job config; recomputing it lets the planner derive a point's
+    config from a composed sibling instead of composing each of hundreds of points (~0.09 s each).
+    tests/test_protocol.py checks it against Hydra's own, so a change upstream fails there first."""
+    lines = sorted(o for o in overrides if override_key(o) not in set(exclude_keys))
+    return item_sep.join(lines).replace("=", kv_sep)
+
+
+def with_values(job_cfg: DictConfig, overrides: list[str], values: dict[str, Any]) -> DictConfig:
+    """A copy of a composed job config with plain (non-group, non-interpolated) keys set to `values` and its
+    override list replaced by `overrides`: what composing `overrides` would give when they differ from the
+    sibling's only in those keys."""
+    import copy
+
+    from omegaconf import open_dict
+
+    cfg = copy.deepcopy(job_cfg)
+    od = cfg.hydra.job.config.override_dirname
+    with open_dict(cfg):
+        for key, value in values.items():
+            OmegaConf.update(cfg, key, value, merge=False)
+        cfg.hydra.job.override_dirname = override_dirname(overrides, list(od.exclude_keys), od.item_sep, od.kv_sep)
+        cfg.hydra.overrides.task = list(overrides)
+    return cfg
+
+
+def _plain_int(overrides: list[str], key: str) -> int | None:
+    """The value of `key=<int>` when it is given exactly once, as a plain integer; else None."""
+    found = [o for o in overrides if override_key(o) == key]
+    if len(found) != 1 or found[0].startswith(("+", "~")):
+        return None
+    text = found[0].split("=", 1)[1]
+    return int(text) if text.lstrip("-").isdigit() else None
+
+
 def plan_points(sweeper: BasicSweeper, points: list[list[str]]) -> list[PlannedJob]:
-    """Compose and validate every point; bad input anywhere stops the sweep before anything is written."""
+    """Compose and validate every point; bad input anywhere stops the sweep before anything is written.
+
+    Points that differ only in `seed=<int>` share one composition: the seed is a plain key that no config
+    group or interpolation reads, so the sibling's config with the seed set is the composed config (a test
+    compares the two), and a 5-seed grid composes a fifth of its points."""
     from sweep.config import ConfigError, validate
     from sweep.corpus import check_task
     from sweep.record import signature
@@ -130,8 +175,16 @@ def plan_points(sweeper: BasicSweeper, points: list[list[str]]) -> list[PlannedJ
     loader = sweeper.hydra_context.config_loader
     jobs: list[PlannedJob] = []
     seen: dict[Path, list[str]] = {}
+    composed: dict[tuple[str, ...], DictConfig] = {}
     for overrides in points:
-        job_cfg = loader.load_sweep_config(master_config=sweeper.config, sweep_overrides=overrides)
+        seed = _plain_int(overrides, "seed")
+        seedless = tuple(sorted(o for o in overrides if override_key(o) != "seed"))
+        if seed is not None and seedless in composed:
+            job_cfg = with_values(composed[seedless], overrides, {"seed": seed})
+        else:
+            job_cfg = loader.load_sweep_config(master_config=sweeper.config, sweep_overrides=overrides)
+            if seed is not None:
+                composed[seedless] = job_cfg
         try:
             validate(job_cfg)
             check_task(job_cfg)
@@ -262,7 +315,11 @@ class GridSweeper(BasicSweeper):
                 "invalid sweep: optim.lr is chosen by hydra.sweeper.lr_search; set hydra.sweeper.lr_search.values=[] "
                 "to give optim.lr yourself"
             )
+        if search.get("values"):
+            _phases.check_search(search)
+        t0 = time.perf_counter()
         jobs = plan_jobs(self, arguments)
+        log.info("planned %d grid points (composed and validated) in %.1f s", len(jobs), time.perf_counter() - t0)
         sweep_dir = Path(self.config.hydra.sweep.dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
@@ -272,7 +329,7 @@ class GridSweeper(BasicSweeper):
                 return []
         if search.get("values"):
             chosen = _phases.run_lr_search(self, jobs, search, sweep_dir)
-            jobs = plan_points(self, _phases.with_chosen_lr(jobs, chosen))
+            jobs = _phases.with_chosen_lr(jobs, chosen)
         write_plan(sweep_dir, jobs)
         returns = self._launch(jobs, is_done)
 
