@@ -358,7 +358,7 @@ def test_c5_on_the_fixture_no_grid_point_grows_like_sqrt_l(records, th):
     lags = d[d["split"].str.startswith("lags")]
     assert (lags["ci_high"] < th["c5"]["min_slope"]).all() and (lags["state"] == "bounded").all()
     splits = c5.splits.set_index("split")["verdict"]
-    assert splits[[s for s in splits.index if s.startswith("lags")][0]] == REFUTED
+    assert splits[next(s for s in splits.index if s.startswith("lags"))] == REFUTED
 
 
 def test_partial_eta2_comes_from_the_full_factorial():
