@@ -22,7 +22,7 @@ import torch
 
 from bench.common import CLOCKS, bare_tbptt, compose, runner_clock, spread, sync
 
-TARGET = 0.95  # runner/bare that issue 6 asks for at batch_size >= 4
+TARGET = 0.95  # runner/bare at batch_size >= 4 (bench/README.md)
 
 
 def _updates_for(cell: str, bs: int, ns: int, target_s: float, warmup: int, device, common: dict) -> int:

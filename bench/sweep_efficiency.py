@@ -29,7 +29,7 @@ from typing import Any
 
 from bench.common import REPO
 
-TARGET = 0.25  # issue 6: harness overhead <= 25 % of the sweep's wall-clock
+TARGET = 0.25  # bench/README.md: harness overhead <= 25 % of the sweep's wall-clock
 
 SMOKE = ["experiment=smoke"]
 

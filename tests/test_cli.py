@@ -83,7 +83,7 @@ def test_a_run_writes_its_record_in_a_folder_named_by_its_overrides(tmp_path):
 
 
 def test_cli_multirun_from_the_command_line(tmp_path):
-    """Issue 2, done means 4: the documented multirun command works."""
+    """The README's multirun command works."""
     proc = run_cli(
         "-m",
         "model=rnn,lstm",
@@ -137,7 +137,7 @@ def test_a_failing_and_a_diverging_job_are_recorded_and_the_others_run(tmp_path)
 
 
 def test_kill_9_during_a_multirun_then_rerun_gives_one_complete_record_per_point(tmp_path):
-    """Issue 2, done means 6."""
+    """A sweep killed with kill -9 and rerun ends with one complete record per point (README, Resume)."""
     args = [sys.executable, "-m", "sweep", "-m", "experiment=smoke", "model=rnn,gru,lstm", "batch_size=2,8",
             "num_steps=4,8", "budget.amount=150", f"results_dir={tmp_path}"]  # fmt: skip
     proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,

@@ -1,4 +1,4 @@
-"""Launchers (issue 5): joblib, submitit_local and ray run the same jobs and give the same records; one
+"""Launchers: joblib, submitit_local and ray run the same jobs and give the same records; one
 failing job never stops the others, and the sweep ends with a summary that names it and a non-zero exit."""
 
 from __future__ import annotations

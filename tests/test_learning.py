@@ -1,4 +1,4 @@
-"""Issue 2, done means 3: num_steps decides whether a lag-8 echo is learnable, at the same budget."""
+"""num_steps decides whether a lag-8 echo is learnable, at the same budget."""
 
 from __future__ import annotations
 
