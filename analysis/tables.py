@@ -581,8 +581,11 @@ def noise_wide(noise: pd.DataFrame) -> pd.DataFrame:
 
 def lr_summary(lr_search: dict[str, Any] | None, level: float = 0.95) -> pd.DataFrame:
     """Per (task, cell) of lr_search.json's chosen learning rates: lr at each batch size and the fitted
-    exponent a of lr ∝ batch_size^a (least squares on logs, t-interval when three or more batch sizes)."""
-    cols = ["task", "cell", "lr by batch size", "exponent", "exponent CI", "seeds per lr"]
+    exponent a of lr ∝ batch_size^a (least squares on logs, t-interval when three or more batch sizes). A tuned
+    sweep chooses per (cell, batch_size, num_steps, ...): its other varying keys (num_steps, budget) become
+    columns of their own, so no batch size appears twice in one row."""
+    extra = [k for k in ("num_steps", "budget") if lr_search and any(k in c for c in lr_search.get("chosen") or [])]
+    cols = ["task", "cell", *extra, "lr by batch size", "exponent", "exponent CI", "seeds per lr"]
     if not lr_search or not lr_search.get("chosen"):
         return pd.DataFrame(columns=cols)
     chosen = pd.DataFrame(lr_search["chosen"])
@@ -591,8 +594,11 @@ def lr_summary(lr_search: dict[str, Any] | None, level: float = 0.95) -> pd.Data
             raise ValueError(f"lr_search.json: chosen rows lack field {c}")
     chosen["batch_size"] = pd.to_numeric(chosen["batch_size"], errors="coerce")
     chosen["lr"] = pd.to_numeric(chosen["lr"], errors="coerce")
+    extra = [k for k in extra if chosen[k].nunique(dropna=True) > 1]
+    cols = ["task", "cell", *extra, "lr by batch size", "exponent", "exponent CI", "seeds per lr"]
     rows = []
-    for (task, cell), g in chosen.groupby(["task", "cell"], sort=True):
+    for key, g in chosen.groupby(["task", "cell", *extra], sort=True):
+        task, cell = key[0], key[1]
         g = g.dropna(subset=["batch_size", "lr"]).sort_values("batch_size")
         g = g[(g["batch_size"] > 0) & (g["lr"] > 0)]
         slope, ci = np.nan, ""
@@ -603,7 +609,7 @@ def lr_summary(lr_search: dict[str, Any] | None, level: float = 0.95) -> pd.Data
                 half = stats.t.ppf(0.5 + level / 2, len(g) - 2) * fit.stderr
                 ci = f"[{slope - half:.2f}, {slope + half:.2f}]"
         rows.append({
-            "task": task, "cell": cell,
+            "task": task, "cell": cell, **dict(zip(extra, key[2:], strict=True)),
             "lr by batch size": ", ".join(f"{int(b)}: {x:.3g}" for b, x in zip(g["batch_size"], g["lr"], strict=True)),
             "exponent": slope, "exponent CI": ci,
             "seeds per lr": "/".join(sorted({str(int(n)) for n in g["n"].dropna()})) if "n" in g else "?",

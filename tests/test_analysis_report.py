@@ -366,3 +366,13 @@ def test_fastest_batch_names_a_tie_when_the_intervals_overlap():
     row = fastest_batch(ttt).iloc[0]
     assert row["first in wall-clock"] == "4 = 16 (intervals overlap)" and row["seconds"] == 5.0
     assert row["first in updates"] == 16  # 6.9 at most, below batch 4's 22.5 at least
+
+
+def test_lr_summary_of_a_tuned_sweep_keeps_num_steps_apart():
+    # a tuned sweep picks an lr per (cell, batch_size, num_steps): one row must never list a batch size twice
+    chosen = [{"task": "echo", "cell": "gru", "batch_size": b, "num_steps": n,
+               "lr": 0.001 * b ** (0.5 if n == 8 else 1), "n": 2} for b in (1, 4, 16) for n in (8, 32)]  # fmt: skip
+    table = lr_summary({"chosen": chosen}).set_index("num_steps")
+    assert list(table.index) == [8, 32]
+    assert table.loc[8, "exponent"] == pytest.approx(0.5) and table.loc[32, "exponent"] == pytest.approx(1.0)
+    assert table.loc[8, "lr by batch size"].count("4:") == 1
