@@ -47,6 +47,7 @@ class TaskConfig:
     path: Optional[str] = None  # noqa: UP045 (OmegaConf reads these annotations)
     valid_path: Optional[str] = None  # noqa: UP045
     level: str = "word"
+    encoding: str = "utf-8"  # of task.path / task.valid_path (any codec Python knows, e.g. latin-1)
     valid_fraction: float = 0.1  # held-out tail of `path` when no valid_path is given
     max_vocab: int = 0  # 0 = keep every type; else the most frequent types, the rest -> <unk>
 
@@ -123,6 +124,20 @@ class MeasureConfig:
 
 
 @dataclass
+class CheckpointConfig:
+    """Mid-run checkpoints (docs/protocol.md): a killed run resumes where its last checkpoint left it."""
+
+    every_s: float = 60.0  # seconds of wall-clock between checkpoints; 0 = off
+
+
+@dataclass
+class LeaseConfig:
+    """Each grid point trained once across sweep processes: a lease file in the run folder (docs/scale-out.md)."""
+
+    ttl_s: float = 120.0  # a lease not renewed for this long is taken over (its holder is presumed dead)
+
+
+@dataclass
 class Config:
     batch_size: int = 16
     num_steps: int = 16
@@ -144,6 +159,8 @@ class Config:
     budget: BudgetConfig = MISSING
     eval: EvalConfig = field(default_factory=EvalConfig)
     measure: MeasureConfig = field(default_factory=MeasureConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    lease: LeaseConfig = field(default_factory=LeaseConfig)
 
 
 def register_configs() -> None:
@@ -239,6 +256,8 @@ def validate(cfg: DictConfig) -> None:
     classes = m.probe_max_classes
     _need(classes >= 2, "measure.probe_max_classes", "must be an integer >= 2", classes)
     _need(m.probe_ridge > 0, "measure.probe_ridge", "must be > 0", m.probe_ridge)
+    _need(cfg.checkpoint.every_s >= 0, "checkpoint.every_s", "must be >= 0 (0 = off)", cfg.checkpoint.every_s)
+    _need(cfg.lease.ttl_s > 0, "lease.ttl_s", "must be > 0", cfg.lease.ttl_s)
     _need(m.checkpoints >= 0, "measure.checkpoints", "must be >= 0 (0 = only at the end)", m.checkpoints)
     for key in ("noise_rows", "noise_small", "noise_windows", "growth_windows"):
         _positive_int(cfg, f"measure.{key}")

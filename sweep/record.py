@@ -26,7 +26,17 @@ if TYPE_CHECKING:  # torch and pandas are imported where used: a sweep's parent 
 RUN_FILE = "run.json"
 RECORD_VERSION = 1
 # Keys that change how a run is shown or where it is written, never what it computes: left out of the signature.
-_NOT_IN_SIGNATURE = ("progress_every_s", "results_dir", "name", "threads", "device", "study", "trial")
+_NOT_IN_SIGNATURE = (
+    "progress_every_s",
+    "results_dir",
+    "name",
+    "threads",
+    "device",
+    "study",
+    "trial",
+    "checkpoint",
+    "lease",
+)
 DONE_STATUSES = ("complete", "diverged")  # a rerun skips these; `failed` and missing runs are run again
 
 
