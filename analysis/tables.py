@@ -326,8 +326,10 @@ TARGET_RULE = (
     "condition of the final span is not applied); text: perplexity ≤ the preset's eval.target_perplexity "
     "(no target set: not measured). Tokens and updates are read at that evaluation; wall-clock = tokens × the "
     "speed phase's median seconds per token of the same (task, cell, batch_size, num_steps) (— where the speed "
-    "phase did not time that point). Per grid point: k/n seeds reached; the geometric mean with a t-interval "
-    "on the log scale over seeds only when every seed reached it; otherwise the median with the runs that "
+    "phase did not time that point). Per grid point: k/n seeds reached; the geometric mean over seeds when "
+    "every seed reached it, with an interval from the t-interval's lower end (log scale) over the seeds' "
+    "*previous* evaluations to its upper end over the evaluations that met the target, since evaluations are "
+    "spaced and a run reached its target somewhere in between; otherwise the median with the runs that "
     'did not reach it counted as later than any that did ("not reached" when fewer than half reached).'
 )
 
@@ -382,7 +384,7 @@ def time_to_target_runs(runs: pd.DataFrame, evals: pd.DataFrame, speed: pd.DataF
         if r.tokens_per_s > 0:
             sec_per_token[(r.task, r.cell, int(r.batch_size), int(r.num_steps))] = 1.0 / r.tokens_per_s
     cols = ["run_id", "split", "task", "cell", "batch_size", "num_steps", "seed", "target", "reached", "tokens",
-            "updates", "seconds"]  # fmt: skip
+            "updates", "seconds", "tokens_prev", "updates_prev", "seconds_prev"]  # fmt: skip
     rows = []
     by_run = dict(tuple(evals.groupby("run_id"))) if not evals.empty and "run_id" in evals else {}
     for _, run in runs.iterrows():
@@ -393,9 +395,14 @@ def time_to_target_runs(runs: pd.DataFrame, evals: pd.DataFrame, speed: pd.DataF
         mask, target = _reached_mask(run, ev, targets)
         if mask is None:
             continue
-        hit = ev[mask.fillna(False).to_numpy()]
+        met = mask.fillna(False).to_numpy()
+        hit = ev[met]
         first = hit.iloc[0] if not hit.empty else None
         tokens = float(first["tokens"]) if first is not None and "tokens" in first else np.nan
+        # the evaluation before the first hit: the target was reached somewhere after it (interval-censored)
+        before = ev.iloc[: int(np.argmax(met))] if first is not None else ev.iloc[0:0]
+        prev_tokens = float(before["tokens"].iloc[-1]) if not before.empty and "tokens" in before else 0.0
+        prev_updates = float(before["step"].iloc[-1]) if not before.empty and "step" in before else 0.0
         key = (run["task"], run["cell"], int(run["batch_size"]), int(run["num_steps"]))
         spt = sec_per_token.get(key)
         rows.append({
@@ -404,6 +411,9 @@ def time_to_target_runs(runs: pd.DataFrame, evals: pd.DataFrame, speed: pd.DataF
             "target": target, "reached": first is not None, "tokens": tokens,
             "updates": float(first["step"]) if first is not None and "step" in first else np.nan,
             "seconds": tokens * spt if spt is not None and np.isfinite(tokens) else np.nan,
+            "tokens_prev": prev_tokens if first is not None else np.nan,
+            "updates_prev": prev_updates if first is not None else np.nan,
+            "seconds_prev": prev_tokens * spt if spt is not None and first is not None else np.nan,
         })  # fmt: skip
     return pd.DataFrame(rows, columns=cols)
 
@@ -434,6 +444,11 @@ def time_to_target(runs: pd.DataFrame, evals: pd.DataFrame, speed: pd.DataFrame 
             vals = g[m]
             if k == n and vals.notna().all():
                 c, lo, hi, _ = log_t_interval(vals, level)
+                # interval-censored: each run reached the target after its previous evaluation, so the interval
+                # reaches down to those (0 when the first evaluation already met it)
+                prev = g[f"{m}_prev"]
+                lo = (log_t_interval(prev, level)[1] if (prev > 0).all() else 0.0) if prev.notna().all() else lo
+                lo = min(lo, c) if np.isfinite(lo) else lo
             else:
                 c, lo, hi = _censored_median(vals, g["reached"]), np.nan, np.nan
             row.update({m: c, f"{m}_ci_low": lo, f"{m}_ci_high": hi})

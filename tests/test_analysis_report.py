@@ -288,6 +288,24 @@ def test_time_to_target_first_row_reached_not_reached_and_wall_clock():
     assert first.loc["echo · tokens 3000 · fixed lr", "first in wall-clock"] == 16
 
 
+def test_time_to_target_interval_covers_the_gap_since_the_previous_evaluation():
+    # every seed meets the target at the same evaluation (update 30): a t-interval of identical values has no
+    # width, but each run got there somewhere after update 20, the evaluation before
+    runs, evals = _ttt_case()
+    evals.loc[evals["run_id"].isin(["b0", "b1"]), "acc_lag_8"] = [0.5, 0.5, 0.95] * 2
+    ttt = time_to_target(runs, evals, None).set_index(["split", "batch_size"])
+    echo16 = ttt.loc[("echo · tokens 3000 · fixed lr", 16)]
+    assert echo16["updates"] == pytest.approx(30)
+    assert echo16["updates_ci_low"] == pytest.approx(20) and echo16["updates_ci_high"] == pytest.approx(30)
+    # a target met at the first evaluation was reached somewhere after update 0
+    evals.loc[evals["run_id"] == "b2", "acc_lag_8"] = [0.95, 0.95, 0.95]
+    evals.loc[evals["run_id"].isin(["b0", "b1"]), "acc_lag_8"] = [0.95, 0.95, 0.95] * 2
+    first = (
+        time_to_target(runs, evals, None).set_index(["split", "batch_size"]).loc[("echo · tokens 3000 · fixed lr", 16)]
+    )
+    assert first["updates"] == pytest.approx(10) and first["updates_ci_low"] == 0
+
+
 def test_time_to_target_censored_median_when_most_seeds_reach_it():
     runs, evals = _ttt_case()
     evals.loc[(evals["run_id"] == "a1") & (evals["step"] == 30), "acc_lag_8"] = 0.9
