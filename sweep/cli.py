@@ -1,7 +1,8 @@
-"""The thin Hydra entry point: compose the config, hand it to `run_job`."""
+"""The thin Hydra entry point: check that results_dir is writable, compose the config, hand it to `run_job`."""
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -33,7 +34,7 @@ def parallel_jobs_of(hc) -> tuple[int, str | None]:
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
-def main(cfg: DictConfig) -> str:
+def hydra_main(cfg: DictConfig) -> str:
     from sweep.run import run_job  # here, not at the top: the sweep's parent process never trains
 
     hc = HydraConfig.get()
@@ -49,3 +50,97 @@ def main(cfg: DictConfig) -> str:
     if rec["status"] == "failed" and hc.mode == RunMode.RUN:
         raise errors.RunFailed(f"run failed: {rec['error']} (record in {hc.runtime.output_dir})")
     return rec["status"]
+
+
+# Flags after which Hydra does not run jobs (help, config dumps, completion) or composes another config: no pre-check.
+_NO_PRECHECK_FLAGS = ("-h", "--help", "--hydra-help", "--version", "-c", "--cfg", "-i", "--info", "-sc",
+                      "--shell-completion", "-cp", "--config-path", "-cn", "--config-name", "-cd", "--config-dir",
+                      "--experimental-rerun", "-p", "--package")  # fmt: skip
+
+
+def check_results_dir(results_dir: str) -> None:
+    """Raise ConfigError unless `results_dir` can be created and written: make it (and its missing parents), write
+    and delete a probe file, then remove the folders this made, so a failed or successful check leaves nothing.
+    A folder made or removed meanwhile by another sweep starting on the same results_dir is retried, not refused."""
+    path = Path(results_dir).expanduser()
+    for attempt in range(3):
+        error, existing = _probe_folder(path)
+        if error is None:
+            return
+        if not isinstance(error, (FileNotFoundError, FileExistsError)) or attempt == 2:
+            break
+    reason = error.strerror or type(error).__name__
+    if not existing.is_dir():
+        reason += f": {str(existing)!r} is a file, not a folder"
+    elif error.filename and Path(error.filename) != path and Path(error.filename).parent != path:
+        reason += f": {error.filename!r}"
+    raise ConfigError(
+        f"invalid config: results_dir={results_dir!r}: must be a folder that can be created and written ({reason})"
+    )
+
+
+def _probe_folder(path: Path) -> tuple[OSError | None, Path]:
+    """Try to make `path` and write a file in it, then undo both: the error, if any, and the nearest existing
+    folder above (or at) `path`."""
+    missing: list[Path] = []
+    made: list[Path] = []
+    probe = path / f".rnn-sweep-write-probe-{os.getpid()}"
+    existing = path
+    try:
+        for existing in [path, *path.parents]:
+            if existing.exists() or existing.is_symlink():
+                break
+            missing.append(existing)
+        for folder in reversed(missing):
+            folder.mkdir()
+            made.append(folder)
+        with open(probe, "wb") as f:
+            f.write(b"probe")
+        probe.unlink()
+        return None, existing
+    except OSError as exc:
+        return exc, existing
+    finally:
+        if probe.parent.is_dir():
+            probe.unlink(missing_ok=True)
+        for folder in reversed(made):  # innermost first; a folder something else wrote into meanwhile stays
+            try:
+                folder.rmdir()
+            except OSError:
+                break
+
+
+def _results_dirs_from_argv(argv: list[str]) -> list[str]:
+    """The results_dir values this command line will write to (the composed config's, or each swept value);
+    empty when they cannot be known here, so Hydra reports any problem with the command line itself."""
+    if any(a.split("=", 1)[0] in _NO_PRECHECK_FLAGS for a in argv):
+        return []
+    from hydra import compose, initialize_config_dir
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    overrides = [a for a in argv if not a.startswith("-")]
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+        swept = [o for o in parsed if o.is_sweep_override()]
+        values = [v for o in swept if o.key_or_group == "results_dir" for v in o.sweep_string_iterator()]
+        fixed = [a for a, o in zip(overrides, parsed, strict=True) if not o.is_sweep_override()]
+        with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+            cfg = compose("config", overrides=fixed)
+        if not values:
+            values = [str(OmegaConf.select(cfg, "results_dir", throw_on_resolution_failure=True))]
+    except Exception:  # bad input of any other kind: Hydra's own composition reports it, in one line
+        return []
+    return values
+
+
+def main() -> None:
+    """`python -m sweep`: refuse an unwritable results_dir in one line before Hydra makes any folder, then run."""
+    try:
+        for results_dir in _results_dirs_from_argv(sys.argv[1:]):
+            check_results_dir(results_dir)
+    except ConfigError as exc:
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        sys.stderr.write(f"{exc}\n")
+        raise SystemExit(errors.EXIT_BAD_INPUT) from None
+    hydra_main()

@@ -5,6 +5,7 @@ grid point before launching, starts in a fraction of a second.
 
 from __future__ import annotations
 
+import codecs
 import functools
 import importlib
 import inspect
@@ -148,25 +149,83 @@ def tokenize(text: str, level: str) -> list[str]:
     return tokens
 
 
+class NotText(ValueError):
+    """A corpus file that is not text in its encoding; `text_splits` names the field that points at it."""
+
+
+def check_encoding(encoding: str) -> None:
+    """Raise ConfigError unless `encoding` is a text codec Python knows (not a bytes-to-bytes one like base64)."""
+    try:
+        info = codecs.lookup(encoding)
+    except (LookupError, TypeError):
+        info = None
+    if info is None or not getattr(info, "_is_text_encoding", True):
+        raise ConfigError(
+            f"invalid config: task.encoding={encoding!r}: must be a text encoding Python knows "
+            "(e.g. utf-8, latin-1, cp1252, utf-16)"
+        )
+
+
+def read_corpus(path: str, encoding: str = "utf-8") -> str:
+    """A corpus file's text, decoded strictly; NotText when it holds a NUL (a binary file) or cannot be decoded."""
+    data = Path(path).read_bytes()
+    try:
+        ascii_nul = "\0".encode(encoding) == b"\0"  # false for utf-16/32, whose text holds NUL bytes
+    except UnicodeError:
+        ascii_nul = False
+    nul = data.find(b"\0") if ascii_nul else -1
+    if nul >= 0:
+        raise NotText(f"not a text file (NUL byte at byte {nul})")
+    try:
+        text = data.decode(encoding)
+    except UnicodeDecodeError as exc:
+        raise NotText(
+            f"not {encoding} text at byte {exc.start} (set task.encoding, e.g. task.encoding=latin-1)"
+        ) from None
+    if "\0" in text:
+        raise NotText(f"not a text file (NUL character at character {text.index(chr(0))})")
+    return text
+
+
 @functools.lru_cache(maxsize=8)
-def load_tokens(path: str | None, level: str) -> tuple[str, ...]:
+def load_tokens(path: str | None, level: str, encoding: str = "utf-8") -> tuple[str, ...]:
     """Tokens of a corpus file (or of the built-in corpus when path is None); cached, since sweeps reread it."""
     if path is None:
         return tuple(tokenize(builtin_corpus_text(), level))
-    return tuple(tokenize(Path(path).read_text(encoding="utf-8"), level))
+    return tuple(tokenize(read_corpus(path, encoding), level))
 
 
 def text_splits(cfg: DictConfig) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """Training and held-out tokens of a text task; ConfigError (naming the field) for a file that is missing,
+    not text in task.encoding, or the same file as the training corpus."""
     task = cfg.task
+    check_encoding(task.encoding)
     for key in ("path", "valid_path"):
         path = task[key]
         if path is not None and not Path(path).is_file():
             raise ConfigError(f"invalid config: task.{key}={path!r}: must be an existing text file")
-    tokens = load_tokens(task.path, task.level)
+    if task.path is not None and task.valid_path is not None and Path(task.path).samefile(task.valid_path):
+        raise ConfigError(
+            f"invalid config: task.valid_path={task.valid_path!r}: is the training corpus task.path; held-out "
+            "text must be another file (or leave task.valid_path unset to hold out task.valid_fraction of it)"
+        )
+    tokens = _tokens(cfg, "path")
     if task.valid_path is not None:
-        return tokens, load_tokens(task.valid_path, task.level)
+        return tokens, _tokens(cfg, "valid_path")
     cut = int(len(tokens) * (1 - task.valid_fraction))
     return tokens[:cut], tokens[cut:]
+
+
+def _tokens(cfg: DictConfig, key: str) -> tuple[str, ...]:
+    path = cfg.task[key]
+    try:
+        return load_tokens(path, cfg.task.level, cfg.task.encoding)
+    except NotText as exc:
+        raise ConfigError(f"invalid config: task.{key}={path!r}: {exc}") from None
+    except OSError as exc:
+        raise ConfigError(
+            f"invalid config: task.{key}={path!r}: must be a readable text file ({exc.strerror or exc})"
+        ) from None
 
 
 def check_task(cfg: DictConfig) -> None:

@@ -6,6 +6,7 @@ file and renamed into place; `run.json` is written last, so its presence means t
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -13,6 +14,7 @@ import platform
 import socket
 import subprocess
 import sys
+from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -80,16 +82,26 @@ def _replace(tmp: Path, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def write_json(path: Path, obj: Any) -> None:
+def _write_atomic(path: Path, write: Callable[[Path], object]) -> None:
+    """Write through a temp file renamed into place. A failed write (disk full, I/O error, interrupt) removes its
+    temp file and leaves the previous file at `path`, if any, whole; the error propagates to the caller."""
     tmp = _tmp_path(path)
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n")
-    _replace(tmp, path)
+    try:
+        write(tmp)
+        _replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: Path, obj: Any) -> None:
+    text = json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n"  # fails before any write
+    _write_atomic(Path(path), lambda tmp: tmp.write_text(text))
 
 
 def write_table(path: Path, df: pd.DataFrame) -> None:
-    tmp = _tmp_path(path)
-    df.to_parquet(tmp, index=False)
-    _replace(tmp, path)
+    _write_atomic(Path(path), lambda tmp: df.to_parquet(tmp, index=False))
 
 
 def _json_default(obj: Any) -> Any:

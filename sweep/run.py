@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import inspect
 import logging
 import os
 import shutil
@@ -12,7 +14,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 
-from sweep import record
+from sweep import lease, record
 from sweep.config import ConfigError, validate
 from sweep.train import resolve_device, train
 
@@ -52,6 +54,29 @@ def run_job(
         return existing  # type: ignore[return-value]
 
     out_dir.mkdir(parents=True, exist_ok=True)
+    held = lease.acquire(out_dir, float(cfg.lease.ttl_s))
+    if isinstance(held, str):  # another sweep process trains this point now: leave it to that one
+        log.info("skip %s: being trained by %s", out_dir, held)
+        return {"status": "leased", "owner": held, "signature": sig}
+    try:
+        existing = record.read_run(out_dir)  # the previous holder may have finished it after our first look
+        if record.record_is_done(existing, sig):
+            log.info("skip %s: complete record with signature %s", out_dir, sig)
+            return existing  # type: ignore[return-value]
+        log.info("train %s (lease %s)", out_dir, held.owner)
+        held.start_renewing()
+        return _train_and_record(cfg, out_dir, sig, parallel_jobs, launcher, extra)
+    except ConfigError:  # bad input found while training (a corpus too short): leave nothing behind
+        held.release()
+        _remove_if_empty(out_dir, Path(cfg.results_dir))
+        raise
+    finally:  # after run.json is written, on failure and on Ctrl-C
+        held.release()
+
+
+def _train_and_record(
+    cfg: DictConfig, out_dir: Path, sig: str, parallel_jobs: int, launcher: str | None, extra: dict | None
+) -> dict[str, Any]:
     record.clean_stale(out_dir)
     threads = cfg.threads or default_threads(parallel_jobs)
     torch.set_num_threads(threads)
@@ -65,9 +90,11 @@ def run_job(
         device = resolve_device(cfg.device)
         rec["env"] = record.environment(device, threads, parallel_jobs, launcher)
         _inject_failure(out_dir)
-        result = train(cfg, measure_fn=_measure_fn(cfg))
+        kwargs: dict[str, Any] = {"measure_fn": _measure_fn(cfg)}
+        if "checkpoint_dir" in inspect.signature(train).parameters:
+            kwargs["checkpoint_dir"] = out_dir
+        result = train(cfg, **kwargs)
     except ConfigError:
-        _remove_if_empty(out_dir, Path(cfg.results_dir))
         raise
     except Exception as exc:  # one job's failure is recorded, never allowed to stop the sweep
         log.error("run failed in %s: %s", out_dir, exc)
@@ -82,6 +109,7 @@ def run_job(
         record.write_table(out_dir / "profiles.parquet", result.profiles)
     rec.update(status=result.status, summary=result.summary)
     record.write_json(out_dir / record.RUN_FILE, rec)  # last: its presence means the run is whole
+    _remove_checkpoint(out_dir)
     s = result.summary
     log.info(
         "%s %s: %d updates, train loss %s, valid loss %s, %.0f tok/s",
@@ -93,6 +121,16 @@ def run_job(
         s["tokens_per_s"] or 0,
     )
     return rec
+
+
+def _remove_checkpoint(out_dir: Path) -> None:
+    """The record is whole: a mid-run checkpoint (sweep/checkpoint.py, when present) is no longer needed."""
+    try:
+        from sweep import checkpoint
+    except ImportError:
+        return
+    with contextlib.suppress(OSError):
+        checkpoint.remove(out_dir)
 
 
 def _inject_failure(out_dir: Path) -> None:

@@ -146,6 +146,7 @@ def run_lr_search(sweeper: Any, jobs: list[PlannedJob], search: Any, sweep_dir: 
     log.info("lr search: %d groups x %d lrs x %d seeds = %d runs", len(groups), len(search["values"]),
              len(search["seeds"]), len(every))  # fmt: skip
     sweeper._launch(every, is_done)
+    sweeper._wait_elsewhere(every, is_done)  # runs another sweep process holds: every lr needs its record
 
     objective = str(search.get("objective") or "valid_loss")
     # the keys whose values differ between groups: what the chosen lr depends on

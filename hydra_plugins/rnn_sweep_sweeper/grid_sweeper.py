@@ -11,12 +11,17 @@
   folder. `speed.only` runs that phase alone (experiment=speed).
 - `lr_search`: a short search over `values` of optim.lr, pooled over `seeds`, before the grid; each grid point
   then trains with the lr that gave the lowest mean held-out objective for its group (`lr_search.json`).
+- Several sweep processes may share one grid folder (two terminals, two cluster submissions): a job whose point
+  another process is training (its live `lease.json`, sweep/lease.py) is skipped, and at the end the sweep waits
+  for those points until each has a record or its lease expires (its holder died): then it trains them itself.
 - At the end it writes `sweep_summary.json` (complete / diverged / failed / missing per job) and exits
   non-zero if any job failed or left no record.
+- Ctrl-C: exit status 130 and one line saying how many points are complete and how many were not started.
 """
 
 import logging
 import os
+import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -239,6 +244,24 @@ def batch_limit(launcher_cfg: Any, max_batch_size: int | None) -> int | None:
     return None
 
 
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report a Ctrl-C
+WAIT_POLL_S = 2.0  # how often the end of a sweep looks at points running elsewhere
+
+
+def _ttl(job: PlannedJob) -> float:
+    return float(OmegaConf.select(job.config, "lease.ttl_s", default=120.0)) if job.config is not None else 120.0
+
+
+def running_elsewhere(job: PlannedJob) -> str | None:
+    """The owner of the live lease on a point that has no record yet, else None."""
+    from sweep.lease import live_holder
+    from sweep.record import read_run
+
+    if read_run(job.out_dir) is not None:
+        return None
+    return live_holder(job.out_dir, _ttl(job))
+
+
 def summarize(jobs: list[PlannedJob]) -> dict[str, Any]:
     from sweep.record import read_run
 
@@ -246,7 +269,7 @@ def summarize(jobs: list[PlannedJob]) -> dict[str, Any]:
     for job in jobs:
         rec = read_run(job.out_dir)
         if rec is None:
-            status = "missing"
+            status = "running elsewhere" if running_elsewhere(job) else "missing"
         elif rec.get("signature") != job.signature:
             status = "stale"
         else:
@@ -288,6 +311,7 @@ class GridSweeper(BasicSweeper):
         self.lr_search = lr_search
         self.tune = tune
         self.tuner: Sweeper | None = None
+        self._leased: set[Path] = set()  # folders of launched jobs that another process held the lease of
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         if self.tune.get("search"):  # a tuned grid: hand the whole sweep to the Optuna grid sweeper
@@ -317,27 +341,33 @@ class GridSweeper(BasicSweeper):
             )
         if search.get("values"):
             _phases.check_search(search)
-        t0 = time.perf_counter()
-        jobs = plan_jobs(self, arguments)
-        log.info("planned %d grid points (composed and validated) in %.1f s", len(jobs), time.perf_counter() - t0)
-        sweep_dir = Path(self.config.hydra.sweep.dir)
-        sweep_dir.mkdir(parents=True, exist_ok=True)
-        OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
-        if speed.get("enabled") or speed.get("only"):  # first: nothing else trains while it times
-            _phases.run_speed_phase(jobs, speed, sweep_dir)
-            if speed.get("only"):
-                return []
-        if search.get("values"):
-            chosen = _phases.run_lr_search(self, jobs, search, sweep_dir)
-            jobs = _phases.with_chosen_lr(jobs, chosen)
-        write_plan(sweep_dir, jobs)
-        returns = self._launch(jobs, is_done)
+        jobs: list[PlannedJob] | None = None
+        try:
+            t0 = time.perf_counter()
+            jobs = plan_jobs(self, arguments)
+            log.info("planned %d grid points (composed and validated) in %.1f s", len(jobs), time.perf_counter() - t0)
+            sweep_dir = Path(self.config.hydra.sweep.dir)
+            sweep_dir.mkdir(parents=True, exist_ok=True)
+            OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
+            if speed.get("enabled") or speed.get("only"):  # first: nothing else trains while it times
+                _phases.run_speed_phase(jobs, speed, sweep_dir)
+                if speed.get("only"):
+                    return []
+            if search.get("values"):
+                chosen = _phases.run_lr_search(self, jobs, search, sweep_dir)
+                jobs = _phases.with_chosen_lr(jobs, chosen)
+            write_plan(sweep_dir, jobs)
+            returns = self._launch(jobs, is_done)
+            returns += self._wait_elsewhere(jobs, is_done)
+        except KeyboardInterrupt:
+            self._interrupted(jobs, is_done)
 
         summary = summarize(jobs)
         write_json(sweep_dir / "sweep_summary.json", summary)
         counts = summary["counts"]
         log.info("sweep finished: %s", ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
-        bad = {d: v for d, v in summary["jobs"].items() if v["status"] not in ("complete", "diverged")}
+        ok = ("complete", "diverged", "running elsewhere")
+        bad = {d: v for d, v in summary["jobs"].items() if v["status"] not in ok}
         if bad:
             names = "; ".join(f"{Path(d).name} ({v['status']})" for d, v in list(bad.items())[:10])
             raise SweepFailed(
@@ -345,6 +375,48 @@ class GridSweeper(BasicSweeper):
                 f"{' ...' if len(bad) > 10 else ''} (details in {sweep_dir / 'sweep_summary.json'})"
             )
         return returns
+
+    @staticmethod
+    def _interrupted(jobs: list[PlannedJob] | None, is_done) -> None:
+        """Ctrl-C: one line, exit 130. A running job released its lease on the way out (sweep/run.py) and keeps
+        its checkpoint, so rerunning the same command resumes."""
+        if jobs is None:
+            line = "interrupted while planning the grid (rerun the same command to resume)"
+        else:
+            done = sum(is_done(j.out_dir, j.signature) for j in jobs)
+            not_started = sum(not j.out_dir.exists() for j in jobs)
+            line = (
+                f"interrupted: {done} of {len(jobs)} points complete, {not_started} not started "
+                "(rerun the same command to resume)"
+            )
+        sys.stderr.write(line + os.linesep)
+        sys.stderr.flush()
+        raise SystemExit(EXIT_INTERRUPTED)
+
+    def _wait_elsewhere(self, jobs: list[PlannedJob], is_done) -> list[Any]:
+        """Points skipped because another process held their lease: wait until each has a record; a point whose
+        lease ends with no record (its holder was killed, or stopped by Ctrl-C) is launched here again."""
+        from sweep.record import read_run
+
+        returns: list[Any] = []
+        watch = [j for j in jobs if j.out_dir in self._leased or running_elsewhere(j)]
+        shown: tuple[str, ...] = ()
+        while True:
+            watch = [j for j in watch if read_run(j.out_dir) is None]
+            if not watch:
+                return returns
+            free = [j for j in watch if not running_elsewhere(j)]
+            if free:
+                log.info("%d points running elsewhere stopped without a record: running them here", len(free))
+                self._leased = set()
+                returns += self._launch(free, is_done)
+                watch = [j for j in watch if j not in free or j.out_dir in self._leased]
+                continue
+            names = tuple(j.out_dir.name for j in watch)
+            if names != shown:
+                log.info("waiting for %d points running elsewhere: %s", len(watch), ", ".join(names[:5]))
+                shown = names
+            time.sleep(WAIT_POLL_S)
 
     def _launch(self, jobs: list[PlannedJob], is_done) -> list[Any]:
         """Launch the jobs that have no whole record yet, longest first, in batches the launcher can take."""
@@ -356,10 +428,19 @@ class GridSweeper(BasicSweeper):
         for start in range(0, len(todo), batch):
             chunk = todo[start : start + batch]
             try:
-                returns.append(self.launcher.launch([j.overrides for j in chunk], initial_job_idx=start))
+                rets = self.launcher.launch([j.overrides for j in chunk], initial_job_idx=start)
+                returns.append(rets)
+                self._leased |= {j.out_dir for j, r in zip(chunk, rets, strict=False) if _leased(r)}
             except Exception as exc:  # a lost worker (killed, out of memory): its jobs show up as missing
                 log.error("launcher error (%s: %s): see the summary for missing jobs", type(exc).__name__, exc)
         return returns
+
+
+def _leased(ret: Any) -> bool:
+    """A job return saying the point was left to the process that holds its lease (sweep/run.py)."""
+    from hydra.core.utils import JobStatus
+
+    return getattr(ret, "status", None) == JobStatus.COMPLETED and getattr(ret, "_return_value", None) == "leased"
 
 
 assert issubclass(GridSweeper, Sweeper)
