@@ -15,6 +15,7 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -22,6 +23,7 @@ import pandas as pd
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from sweep import checkpoint, record
 from sweep.config import effective_lr
 from sweep.data import IGNORE, get_batch, num_windows, repackage_hidden
 from sweep.model import RecurrentModel, State, sequence_loss
@@ -301,12 +303,16 @@ def _noise_scale(cfg: DictConfig):
     return noise_scale_at
 
 
-def train(cfg: DictConfig, measure_fn=None) -> TrainResult:
+def train(cfg: DictConfig, measure_fn=None, checkpoint_dir: Path | None = None) -> TrainResult:
     """Train one grid point (semantics: docs/protocol.md).
 
     `measure_fn(model, data, cfg, device, initial=<the network as initialised>) -> (scalars, profiles)` runs at
     the end and at `measure.checkpoints` points during training; evaluation, the gradient noise scale and the
     measures run outside the training clock and restore the RNG state, so they cannot change the trajectory.
+
+    With `checkpoint_dir` and `checkpoint.every_s` > 0, the whole training state is saved there (sweep/checkpoint.py)
+    at most every `every_s` seconds of wall-clock, between updates and outside the training clock; a call that
+    finds a checkpoint of the same config there resumes from it and ends as the uninterrupted run would have.
     """
     device = resolve_device(cfg.device)
     run = build_setup(cfg, device)
@@ -365,7 +371,56 @@ def train(cfg: DictConfig, measure_fn=None) -> TrainResult:
             return measure_fn(model, data, cfg, device, initial=initial_model)
 
     state = None
+    every_s = float(OmegaConf.select(cfg, "checkpoint.every_s", default=0.0) or 0.0)
+    saving = checkpoint_dir is not None and every_s > 0
+    sig = record.signature(cfg) if checkpoint_dir is not None else ""
+
+    def save_checkpoint() -> None:
+        checkpoint.save(
+            checkpoint_dir,  # type: ignore[arg-type]
+            sig,
+            {
+                "updates": updates,
+                "tokens": tokens,
+                "model": model.state_dict(),
+                "optimizer": run.optimizer.state_dict(),
+                "rng": checkpoint.rng_states(device),
+                "state": checkpoint.to_device(state, "cpu"),
+                "stream": {"index": stream.index, "passes": stream.passes},
+                "losses": torch.stack(losses).cpu(),
+                "norms": torch.stack(norms).cpu(),
+                "times": times,
+                "group_rows": group_rows,
+                "evals": evals,
+                "checkpoint_scalars": checkpoint_scalars,
+                "checkpoint_profiles": checkpoint_profiles,
+                "clock_done": clock.done,
+                "warm": (warm_tokens, warm_time),
+                "eval_left": eval_at.left,
+                "measure_left": measure_at.left,
+            },
+        )
+
+    saved = checkpoint.load(checkpoint_dir, sig) if checkpoint_dir is not None else None
+    if saved is not None:
+        model.load_state_dict(saved["model"])
+        run.optimizer.load_state_dict(saved["optimizer"])
+        updates, tokens = int(saved["updates"]), int(saved["tokens"])
+        state = checkpoint.to_device(saved["state"], device)
+        stream.index, stream.passes = int(saved["stream"]["index"]), int(saved["stream"]["passes"])
+        losses = list(saved["losses"].to(device).unbind(0))
+        norms = list(saved["norms"].to(device).unbind(0))
+        times, group_rows, evals = list(saved["times"]), list(saved["group_rows"]), list(saved["evals"])
+        checkpoint_scalars = list(saved["checkpoint_scalars"])
+        checkpoint_profiles = list(saved["checkpoint_profiles"])
+        clock.done = float(saved["clock_done"])
+        warm_tokens, warm_time = saved["warm"]
+        eval_at.left, measure_at.left = list(saved["eval_left"]), list(saved["measure_left"])
+        checkpoint.set_rng_states(saved["rng"], device)  # last: nothing after it may draw before the loop
+        log.info("resuming from %s at update %d", checkpoint.path_in(checkpoint_dir), updates)  # type: ignore[arg-type]
+        del saved
     next_stop = min(eval_at.next, measure_at.next)  # one float compare per update instead of two list checks
+    next_save = time.perf_counter() + every_s if saving else math.inf
     clock.resume()
     while True:
         x, y, state = stream.next_window(state)
@@ -394,6 +449,14 @@ def train(cfg: DictConfig, measure_fn=None) -> TrainResult:
                 checkpoint_scalars.append({"step": updates, "tokens": tokens, **scalars})
                 checkpoint_profiles.append(prof.assign(step=updates))
             next_stop = min(eval_at.next, measure_at.next)
+            clock.resume()
+        if now >= next_save:  # between two updates, outside the training clock
+            clock.pause()
+            try:
+                save_checkpoint()
+            except OSError as exc:  # a full disk costs the checkpoint, not the run
+                log.warning("could not save a checkpoint in %s: %s", checkpoint_dir, exc)
+            next_save = time.perf_counter() + every_s
             clock.resume()
         if now - last_log >= progress_every_s:
             last_log = now
