@@ -109,13 +109,25 @@ class Lease:
                 self.path.unlink()
 
 
-def _replace_with(path: Path, data: bytes) -> None:
+def _temp_with(path: Path, data: bytes) -> Path:
+    """`data` in a fresh, fsynced temp file beside `path`. The name is unique per call (pid and a random part):
+    threads of one process race for the same lease in the tests, and a shared name would mix their writes."""
     tmp = path.with_name(f".{path.name}.new-{os.getpid()}-{uuid.uuid4().hex[:8]}")
     try:
         with open(tmp, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
+    return tmp
+
+
+def _replace_with(path: Path, data: bytes) -> None:
+    tmp = _temp_with(path, data)
+    try:
         os.replace(tmp, path)
     finally:
         with contextlib.suppress(FileNotFoundError):
@@ -126,12 +138,8 @@ def _create(path: Path, data: bytes) -> bool:
     """Create `path` holding `data` unless it exists; True when this call created it. The content is written to a
     temp file first and hard-linked into place (atomic and exclusive, on NFS too), so no reader ever sees it
     empty; where hard links are not allowed, O_CREAT|O_EXCL and then the write."""
-    tmp = path.with_name(f".{path.name}.new-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    tmp = _temp_with(path, data)
     try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
         try:
             os.link(tmp, path)
             return True
