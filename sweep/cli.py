@@ -20,12 +20,15 @@ errors.install()
 if not OmegaConf.has_resolver("run_dirname"):
     OmegaConf.register_new_resolver("run_dirname", run_dirname)
 
-CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+# An installed wheel ships the repository's conf/ as the package sweep.conf (setup.py); a checkout (python -m sweep,
+# an editable install) reads conf/ at the top of the repository.
+_HERE = Path(__file__).resolve().parent
+CONF_DIR = str(_HERE / "conf" if (_HERE / "conf").is_dir() else _HERE.parent / "conf")
 
 
 def parallel_jobs_of(hc) -> tuple[int, str | None]:
     """How many jobs run at once on this machine (each takes cores // n torch threads), and the launcher."""
-    from hydra_plugins.rnn_sweep_sweeper.grid_sweeper import launcher_parallelism
+    from sweep.plan import launcher_parallelism
 
     launcher = hc.launcher.get("_target_", None)
     if hc.mode != RunMode.MULTIRUN:

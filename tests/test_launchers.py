@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from hydra_plugins.rnn_sweep_sweeper.grid_sweeper import batch_limit, launcher_parallelism
+from sweep.plan import batch_limit, launcher_parallelism
 from tests.conftest import REPO, TINY
 
 CORES = os.cpu_count() or 1

@@ -121,7 +121,7 @@ def test_the_recomputed_override_dirname_is_hydras(make_cfg, overrides):
     gives the job, or records would land where the sweep does not look."""
     from hydra import compose
 
-    from hydra_plugins.rnn_sweep_sweeper.grid_sweeper import override_dirname
+    from sweep.plan import override_dirname
 
     make_cfg()  # enters the config dir
     cfg = compose("config", overrides=overrides, return_hydra_config=True)
@@ -136,7 +136,7 @@ def test_a_point_derived_from_a_composed_sibling_is_what_composing_it_gives(make
     plain keys: config, signature and folder must equal a fresh composition, or a rerun would not find them."""
     from hydra import compose
 
-    from hydra_plugins.rnn_sweep_sweeper.grid_sweeper import with_values
+    from sweep.plan import with_values
     from sweep.record import resolved_config, signature
 
     make_cfg()

@@ -14,8 +14,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from hydra_plugins.rnn_sweep_sweeper.grid_sweeper import PlannedJob, SweepFailed, plan_points, with_values
-from hydra_plugins.rnn_sweep_sweeper.grid_sweeper import override_key as _key
+from sweep.plan import PlannedJob, SweepFailed, plan_points, with_values
+from sweep.plan import override_key as _key
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,201 @@
+"""The grid sweeper's implementation, imported only when a sweep instantiates `hydra/sweeper=grid` (the leading
+underscore keeps Hydra's plugin scan from executing it on every start)."""
+
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from hydra.plugins.sweeper import Sweeper
+from hydra.types import HydraContext, TaskFunction
+from omegaconf import DictConfig, OmegaConf
+
+from sweep._hydra_api import SweeperBase
+from sweep.plan import (
+    EXIT_INTERRUPTED,
+    TUNE_KEYS,
+    WAIT_POLL_S,
+    PlannedJob,
+    SweepFailed,
+    batch_limit,
+    plan_jobs,
+    running_elsewhere,
+    summarize,
+    write_plan,
+)
+
+log = logging.getLogger(__name__)
+
+
+def _tuner_class(path: str) -> type[Sweeper]:
+    """The sweeper class named by `hydra.sweeper.tuner`; one line when it cannot be imported."""
+    from hydra.utils import get_class
+
+    from sweep.config import ConfigError
+
+    try:
+        cls = get_class(path)
+    except Exception as exc:
+        raise ConfigError(
+            f"invalid sweep: hydra.sweeper.tuner={path!r}: cannot import that sweeper class ({exc.__cause__ or exc})"
+        ) from None
+    if not (isinstance(cls, type) and issubclass(cls, Sweeper)):
+        raise ConfigError(f"invalid sweep: hydra.sweeper.tuner={path!r}: not a Hydra Sweeper class")
+    return cls
+
+
+class GridSweeperImpl(SweeperBase):
+    """The grid sweeper (hydra_plugins/rnn_sweep_sweeper/grid_sweeper.py documents what it does)."""
+
+    def __init__(
+        self,
+        max_batch_size: int | None = None,
+        params: dict[str, str] | None = None,
+        grids: list[dict[str, Any]] | None = None,
+        speed: Any = None,
+        lr_search: Any = None,
+        tuner: str = "",
+        dry_run: bool = False,
+        **tune: Any,
+    ) -> None:
+        super().__init__(max_batch_size=max_batch_size, params=params)
+        unknown = set(tune) - set(TUNE_KEYS)
+        if unknown:
+            raise TypeError(f"GridSweeper: unknown settings {sorted(unknown)}")
+        self.grids = grids
+        self.speed = speed
+        self.lr_search = lr_search
+        self.tune = tune
+        self.tuner_class = tuner
+        self.dry_run = dry_run
+        self.tuner: Sweeper | None = None
+        self._leased: set[Path] = set()  # folders of launched jobs that another process held the lease of
+
+    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
+        if self.tune.get("search"):  # a tuned grid: hand the whole sweep to the tuning sweeper
+            tuner = _tuner_class(self.tuner_class)(max_batch_size=self.max_batch_size, params=self.params, **self.tune)
+            self.tuner = tuner
+            self.tuner.setup(hydra_context=hydra_context, task_function=task_function, config=config)
+            return
+        super().setup(hydra_context=hydra_context, task_function=task_function, config=config)
+
+    def sweep(self, arguments: list[str]) -> Any:
+        from sweep.record import is_done, write_json
+
+        if self.tuner is not None:
+            return self.tuner.sweep(arguments)
+        from hydra_plugins.rnn_sweep_sweeper import _phases
+
+        speed = self.speed or {}
+        search = self.lr_search or {}
+        if search.get("values") and any(a.split("=", 1)[0].lstrip("+~") == "optim.lr" for a in arguments):
+            from sweep.config import ConfigError
+
+            raise ConfigError(
+                "invalid sweep: optim.lr is chosen by hydra.sweeper.lr_search; set hydra.sweeper.lr_search.values=[] "
+                "to give optim.lr yourself"
+            )
+        if search.get("values"):
+            _phases.check_search(search)
+        jobs: list[PlannedJob] | None = None
+        try:
+            t0 = time.perf_counter()
+            jobs = plan_jobs(self, arguments)
+            log.info("planned %d grid points (composed and validated) in %.1f s", len(jobs), time.perf_counter() - t0)
+            sweep_dir = Path(self.config.hydra.sweep.dir)
+            sweep_dir.mkdir(parents=True, exist_ok=True)
+            OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
+            if speed.get("enabled") or speed.get("only"):  # first: nothing else trains while it times
+                _phases.run_speed_phase(jobs, speed, sweep_dir)
+                if speed.get("only"):
+                    return []
+            if search.get("values"):
+                chosen = _phases.run_lr_search(self, jobs, search, sweep_dir)
+                jobs = _phases.with_chosen_lr(jobs, chosen)
+            write_plan(sweep_dir, jobs)
+            returns = self._launch(jobs, is_done)
+            returns += self._wait_elsewhere(jobs, is_done)
+        except KeyboardInterrupt:
+            self._interrupted(jobs, is_done)
+
+        summary = summarize(jobs)
+        write_json(sweep_dir / "sweep_summary.json", summary)
+        counts = summary["counts"]
+        log.info("sweep finished: %s", ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
+        ok = ("complete", "diverged", "running elsewhere")
+        bad = {d: v for d, v in summary["jobs"].items() if v["status"] not in ok}
+        if bad:
+            names = "; ".join(f"{Path(d).name} ({v['status']})" for d, v in list(bad.items())[:10])
+            raise SweepFailed(
+                f"sweep finished with {len(bad)} of {len(jobs)} jobs not complete: {names}"
+                f"{' ...' if len(bad) > 10 else ''} (details in {sweep_dir / 'sweep_summary.json'})"
+            )
+        return returns
+
+    @staticmethod
+    def _interrupted(jobs: list[PlannedJob] | None, is_done) -> None:
+        """Ctrl-C: one line, exit 130. A running job released its lease on the way out (sweep/run.py) and keeps
+        its checkpoint, so rerunning the same command resumes."""
+        if jobs is None:
+            line = "interrupted while planning the grid (rerun the same command to resume)"
+        else:
+            done = sum(is_done(j.out_dir, j.signature) for j in jobs)
+            not_started = sum(not j.out_dir.exists() for j in jobs)
+            line = (
+                f"interrupted: {done} of {len(jobs)} points complete, {not_started} not started "
+                "(rerun the same command to resume)"
+            )
+        sys.stderr.write(line + os.linesep)
+        sys.stderr.flush()
+        raise SystemExit(EXIT_INTERRUPTED)
+
+    def _wait_elsewhere(self, jobs: list[PlannedJob], is_done) -> list[Any]:
+        """Points skipped because another process held their lease: wait until each has a record; a point whose
+        lease ends with no record (its holder was killed, or stopped by Ctrl-C) is launched here again."""
+        from sweep.record import read_run
+
+        returns: list[Any] = []
+        watch = [j for j in jobs if j.out_dir in self._leased or running_elsewhere(j)]
+        shown: tuple[str, ...] = ()
+        while True:
+            watch = [j for j in watch if read_run(j.out_dir) is None]
+            if not watch:
+                return returns
+            free = [j for j in watch if not running_elsewhere(j)]
+            if free:
+                log.info("%d points running elsewhere stopped without a record: running them here", len(free))
+                self._leased = set()
+                returns += self._launch(free, is_done)
+                watch = [j for j in watch if j not in free or j.out_dir in self._leased]
+                continue
+            names = tuple(j.out_dir.name for j in watch)
+            if names != shown:
+                log.info("waiting for %d points running elsewhere: %s", len(watch), ", ".join(names[:5]))
+                shown = names
+            time.sleep(WAIT_POLL_S)
+
+    def _launch(self, jobs: list[PlannedJob], is_done) -> list[Any]:
+        """Launch the jobs that have no whole record yet, longest first, in batches the launcher can take."""
+        todo = [job for job in jobs if not is_done(job.out_dir, job.signature)]
+        todo.sort(key=lambda job: -job.cost)  # longest first: the workers then run out of work together
+        log.info("grid of %d points: %d already complete, %d to run", len(jobs), len(jobs) - len(todo), len(todo))
+        returns = []
+        batch = batch_limit(self.config.hydra.launcher, self.max_batch_size) or len(todo) or 1
+        for start in range(0, len(todo), batch):
+            chunk = todo[start : start + batch]
+            try:
+                rets = self.launcher.launch([j.overrides for j in chunk], initial_job_idx=start)
+                returns.append(rets)
+                self._leased |= {j.out_dir for j, r in zip(chunk, rets, strict=False) if _leased(r)}
+            except Exception as exc:  # a lost worker (killed, out of memory): its jobs show up as missing
+                log.error("launcher error (%s: %s): see the summary for missing jobs", type(exc).__name__, exc)
+        return returns
+
+
+def _leased(ret: Any) -> bool:
+    """A job return saying the point was left to the process that holds its lease (sweep/run.py)."""
+    from hydra.core.utils import JobStatus
+
+    return getattr(ret, "status", None) == JobStatus.COMPLETED and getattr(ret, "_return_value", None) == "leased"
