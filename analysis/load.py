@@ -27,23 +27,30 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
 
-from sweep.record import run_dirname  # torch-free: the folder names the sweeper gives grid points
+from sweep import record  # the torch-free record contract: file names, statuses, summary keys, recall rules
+from sweep.record import (
+    BEST_TRIALS_FILE,
+    JUDGED_STATUSES,
+    LR_SEARCH_FILE,
+    MULTIRUN_FILE,
+    RUN_FILE,
+    SERIES,
+    SIGNATURE_EXCLUDED,
+    SPEED_FILE,
+    SPEED_PLAN_FILE,
+    SUMMARY_KEYS,
+    SWEEP_SUMMARY_FILE,
+    run_dirname,
+)
 
 log = logging.getLogger(__name__)
 
-RUN_FILE = "run.json"
-SERIES = ("steps", "evals", "profiles")
-FINISHED = ("complete", "diverged")  # statuses whose training series must be on disk
+FINISHED = JUDGED_STATUSES  # statuses whose training series must be on disk, and the only ones judged
 REPORT_DIR = "report"
-# Config keys that change where or how a run is shown, never what it computes (as in sweep/record.py), plus
-# the
-# factors under test and the keys already named by the split columns: none of them defines a "variant".
+# Config keys that change where or how a run is shown, never what it computes (sweep.record.SIGNATURE_EXCLUDED),
+# plus the factors under test and the keys already named by the split columns: none of them defines a "variant".
 _NOT_A_VARIANT = {
-    "results_dir",
-    "name",
-    "device",
-    "threads",
-    "progress_every_s",
+    *SIGNATURE_EXCLUDED,
     "batch_size",
     "num_steps",
     "seed",
@@ -57,8 +64,6 @@ _NOT_A_VARIANT = {
     "budget.amount",
     "optim.lr_scaling",
     "optim.lr_protocol",
-    "study",
-    "trial",
     # bookkeeping that changes neither training nor the measures
     "eval.points",
     "group_norm_every",
@@ -66,45 +71,10 @@ _NOT_A_VARIANT = {
 }
 # Summary fields the analysis reads: present as columns (NaN) even when no record has them (only failed runs,
 # or measures not written yet).
-EXPECTED = (
-    "tokens_per_s",
-    "train_loss",
-    "valid_loss",
-    "valid_accuracy",
-    "grad_norm_max",
-    "grad_norm_median",
-    "chance_accuracy",
-    "diverged_at_step",
-    "span",
-    "memory_capacity",
-    "effective_context",
-    "gradient_horizon",
-    "gradient_explodes",
-    # measures added after the first record version (docs/measures.md): NaN in older records
-    "effective_context_censored",
-    "context_method",
-    "gradient_flat",
-    "gradient_horizon_censored",
-    "gradient_log_slope",
-    "growth_slope",
-    "growth_slope_ci_low",
-    "growth_slope_ci_high",
-    "growth_ratio",
-    "growth_slope_initial",
-    "growth_slope_ci_low_initial",
-    "growth_slope_ci_high_initial",
-    "growth_ratio_initial",
-    "probe_span",
-    "probe_span_cell",
-    "loss_jitter",
-    "loss_jitter_rel",
-    "grad_norm_cv_late",
-    "clip_fraction",
-    "lr",
-)
+EXPECTED = SUMMARY_KEYS
 # optim.lr_protocol (set by the sweeper) -> the label a split carries
 PROTOCOLS = ("fixed", "scaled", "searched", "tuned", "candidate")
-SPEED_FILE, SPEED_PLAN, LR_SEARCH = "speed.parquet", "speed.json", "lr_search.json"
+SPEED_PLAN, LR_SEARCH = SPEED_PLAN_FILE, LR_SEARCH_FILE
 # Nuisance parameters a tuning study searches over: they vary between trials by design.
 _TUNED_KEYS = {"optim.lr", "optim.clip", "optim.momentum"}
 
@@ -396,7 +366,7 @@ def _finish_table(runs: pd.DataFrame, best: set[str]) -> pd.DataFrame:
 def _best_trials(root: Path) -> set[str]:
     """Folders of the best trial of each tuned grid cell, from every best_trials.json (optuna_grid)."""
     best = set()
-    for path in _walk(root, "best_trials.json"):
+    for path in _walk(root, BEST_TRIALS_FILE):
         try:
             cells = json.loads(path.read_text())["cells"]
             best |= {str(path.parent / c["best"]["folder"]) for c in cells if (c.get("best") or {}).get("folder")}
@@ -423,7 +393,7 @@ def _variants(runs: pd.DataFrame) -> pd.Series:
     keys = []
     for col in cfg_cols:
         key = col[4:]
-        if key in _NOT_A_VARIANT:
+        if key in _NOT_A_VARIANT or key.split(".", 1)[0] in _NOT_A_VARIANT:  # e.g. checkpoint.every_s
             continue
         values = runs.loc[~nuisance & judged, col] if key in _TUNED_KEYS else runs.loc[judged, col]
         # a key absent from older records (the config schema grew) is not a setting that varies
@@ -449,14 +419,13 @@ def lag_columns(runs: pd.DataFrame) -> list[str]:
 def _recall_measures(runs: pd.DataFrame) -> None:
     """`span` and `memory_capacity` from the final held-out accuracy per lag, where the record has none.
 
-    The definitions of sweep/measures.py (docs/measures.md): a lag is reached when its accuracy is at least
-    chance + `measure.chance_margin` AND the Wilson interval's lower end (level `measure.ci_level`) lies above
-    chance; span = the longest lag reached with every shorter lag reached too; memory capacity = the sum of
-    (acc - chance) / (1 - chance), not floored at 0. Lags without held-out targets are left out. A record
-    without the target counts cannot give the interval: its span stays missing. `span_source` says which.
+    The rule is sweep.record.recall_summary, the one sweep/measures.py applies (docs/measures.md, section 1): a
+    lag is reached when its accuracy is at least chance + `measure.chance_margin` AND the Wilson interval's lower
+    end (level `measure.ci_level`) lies above chance; span = the longest lag reached with every shorter lag
+    reached too; memory capacity = the sum of (acc - chance) / (1 - chance), not floored at 0, over the lags
+    with held-out targets. A record without the target counts cannot give the interval: its span stays
+    missing. `span_source` says which.
     """
-    from statsmodels.stats.proportion import proportion_confint  # here: `import analysis` stays light
-
     lags = lag_columns(runs)
     for col in ("span", "memory_capacity"):
         if col not in runs:
@@ -472,26 +441,27 @@ def _recall_measures(runs: pd.DataFrame) -> None:
     for i in runs.index:
         if pd.notna(runs.at[i, "span"]) or pd.isna(chance.at[i]) or runs.at[i, "status"] not in FINISHED:
             continue
-        heads = []
-        for col in lags:
-            lag = col.removeprefix("acc_lag_")
-            acc = pd.to_numeric(runs.at[i, col], errors="coerce")
-            n = pd.to_numeric(runs.at[i, f"n_lag_{lag}"], errors="coerce") if f"n_lag_{lag}" in runs else np.nan
-            if pd.notna(acc) and not (pd.notna(n) and n == 0):
-                heads.append((int(lag), float(acc), float(n)))
-        if not heads or any(np.isnan(n) for _, _, n in heads):
+        ks = [int(col.removeprefix("acc_lag_")) for col in lags]
+        accs = [pd.to_numeric(runs.at[i, col], errors="coerce") for col in lags]
+        counts = [
+            pd.to_numeric(runs.at[i, f"n_lag_{k}"], errors="coerce") if f"n_lag_{k}" in runs else np.nan for k in ks
+        ]
+        present = [(k, a, n) for k, a, n in zip(ks, accs, counts, strict=True) if pd.notna(a) or n == 0]
+        # a head with an accuracy but no count cannot give the interval: no span rather than a guess
+        if not present or any(pd.isna(n) for _, _, n in present) or float(chance.at[i]) >= 1:
             continue
-        c, m = float(chance.at[i]), float(margin.at[i])
-        span = 0
-        for lag, acc, n in heads:  # sorted by lag
-            low, _ = proportion_confint(round(acc * n), n, alpha=1 - float(level.at[i]), method="wilson")
-            if not (acc >= c + m and low > c):
-                break
-            span = lag
-        runs.at[i, "span"] = span
+        rec = record.recall_summary(
+            [k for k, _, _ in present],
+            [a if pd.notna(a) else np.nan for _, a, _ in present],
+            [n for _, _, n in present],
+            float(chance.at[i]),
+            float(margin.at[i]),
+            float(level.at[i]),
+        )
+        runs.at[i, "span"] = rec["span"]
         runs.at[i, "span_source"] = "final accuracy per lag (analysis)"
-        if pd.isna(runs.at[i, "memory_capacity"]) and c < 1:
-            runs.at[i, "memory_capacity"] = sum((a - c) / (1 - c) for _, a, _ in heads)
+        if pd.isna(runs.at[i, "memory_capacity"]) and rec["memory_capacity"] is not None:
+            runs.at[i, "memory_capacity"] = rec["memory_capacity"]
 
 
 # ------------------------------------------------------------------------------------------------- series
@@ -539,9 +509,7 @@ def _missing_points(root: Path, loaded: set[str]) -> tuple[pd.DataFrame, int]:
     """Planned grid points without a usable record, from each sweep's summary (or, failing that, its grid)."""
     rows = []
     planned = 0
-    sweep_dirs = {p.parent for p in _walk(root, "sweep_summary.json")} | {
-        p.parent for p in _walk(root, "multirun.yaml")
-    }
+    sweep_dirs = {p.parent for p in _walk(root, SWEEP_SUMMARY_FILE)} | {p.parent for p in _walk(root, MULTIRUN_FILE)}
     for sweep_dir in sorted(sweep_dirs):
         points = _planned_points(sweep_dir)
         if points is None:
@@ -555,14 +523,14 @@ def _missing_points(root: Path, loaded: set[str]) -> tuple[pd.DataFrame, int]:
 
 
 def _planned_points(sweep_dir: Path) -> list[tuple[str, str]] | None:
-    summary = sweep_dir / "sweep_summary.json"
+    summary = sweep_dir / SWEEP_SUMMARY_FILE
     if summary.exists():
         try:
             jobs = json.loads(summary.read_text())["jobs"]
             return [(Path(d).name, str(v.get("status", "?"))) for d, v in jobs.items()]
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
             log.warning("cannot read %s: %s; trying multirun.yaml", summary, exc)
-    grid = sweep_dir / "multirun.yaml"
+    grid = sweep_dir / MULTIRUN_FILE
     if grid.exists():
         try:
             return [(name, "no record") for name in _grid_folders(yaml.safe_load(grid.read_text()))]

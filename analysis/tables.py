@@ -9,6 +9,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from sweep.record import COMPLETE, DIVERGED, FAILED, JUDGED_STATUSES, PRUNED
+
 # outcome column -> label a reader understands (the ANOVA and the mean tables use the same list)
 # Effect sizes: continuous outcomes get partial eta^2 from a full-factorial OLS ANOVA (interactions included);
 # proportions get deviance shares from a binomial GLM. Capped or discrete outcomes (span, horizon, effective
@@ -106,17 +108,19 @@ def _fmt_for(x: float) -> str:
 
 def run_counts(runs: pd.DataFrame, skipped: pd.DataFrame, missing: pd.DataFrame, planned: int) -> pd.DataFrame:
     counts = runs["status"].value_counts()
-    left_out = int((~runs["in_verdicts"] & runs["status"].isin(["complete", "diverged"])).sum())
+    left_out = int((~runs["in_verdicts"] & runs["status"].isin(JUDGED_STATUSES)).sum())
     rows = [
         ("records read", len(runs)),
-        ("complete", int(counts.get("complete", 0))),
-        ("diverged", int(counts.get("diverged", 0))),
-        ("failed", int(counts.get("failed", 0))),
+        ("complete", int(counts.get(COMPLETE, 0))),
+        ("diverged", int(counts.get(DIVERGED, 0))),
+        ("failed", int(counts.get(FAILED, 0))),
+        ("pruned (stopped early by the tuner, never judged)", int(counts.get(PRUNED, 0))),
         ("tuning trials left out (not the best of their cell)", left_out),
         ("records skipped (corrupt or partial)", len(skipped)),
         ("grid points planned (sweep files)", planned),
         ("grid points without a usable record", len(missing)),
     ]  # fmt: skip
+    rows = [r for r in rows if r[1] or not r[0].startswith("pruned")]  # only tuning sweeps prune
     return pd.DataFrame(rows, columns=["runs", "count"])
 
 
@@ -172,7 +176,7 @@ NEW_MEASURES = ("effective_context_censored", "gradient_flat", "gradient_horizon
 
 def missing_measures(runs: pd.DataFrame) -> str:
     """The newer measures no finished record carries (records written before they existed)."""
-    done = runs[runs["status"].isin(["complete", "diverged"])]
+    done = runs[runs["status"].isin(JUDGED_STATUSES)]
     absent = [m for m in NEW_MEASURES if m not in done or done[m].isna().all()]
     return ", ".join(absent) or "none"
 

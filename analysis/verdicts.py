@@ -23,9 +23,10 @@ import pandas as pd
 
 from analysis import stats
 from analysis import wording as say
+from sweep.record import COMPLETE, JUDGED_STATUSES
 
 SUPPORTED, REFUTED, MIXED, INCONCLUSIVE = "supported", "refuted", "mixed", "inconclusive"
-FINISHED = ("complete", "diverged")
+FINISHED = JUDGED_STATUSES  # sweep.record: the statuses a verdict reads (a pruned trial never is)
 SPLIT_COLUMNS = ("task_label", "budget", "protocol", "variant")
 NO_SPEED = "no speed phase: tokens/s of training runs were timed under load"
 DECIDING_COLUMNS = ["split", "folder", "why"]
@@ -130,7 +131,7 @@ def prepare(runs: pd.DataFrame) -> pd.DataFrame:
     elif "status" in df:
         df = df[df["status"].isin(FINISHED)]
     else:
-        df["status"] = "complete"
+        df["status"] = COMPLETE
     if "split" not in df:
         present = [c for c in SPLIT_COLUMNS if c in df]
         if "task_label" not in df and "task" in df:  # hand-made tables name the task only
@@ -171,7 +172,7 @@ def _flag(df: pd.DataFrame, col: str) -> pd.Series:
 
 
 def _complete(df: pd.DataFrame, outcome: str) -> pd.DataFrame:
-    d = df[df["status"] == "complete"].copy()
+    d = df[df["status"] == COMPLETE].copy()
     if outcome not in d:
         return d.iloc[0:0]
     d[outcome] = pd.to_numeric(d[outcome], errors="coerce")
@@ -183,7 +184,7 @@ def _family(df: pd.DataFrame) -> str:
     return str(tasks[0]) if len(tasks) == 1 else "default"
 
 
-def _seeds_short(df: pd.DataFrame, th: dict[str, Any], statuses: tuple[str, ...] = ("complete",)) -> str | None:
+def _seeds_short(df: pd.DataFrame, th: dict[str, Any], statuses: tuple[str, ...] = (COMPLETE,)) -> str | None:
     """Why this split cannot answer for want of seeds, or None."""
     d = df[df["status"].isin(statuses)]
     if d.empty:
@@ -368,7 +369,7 @@ def judge_c2(df: pd.DataFrame, th: dict[str, Any]) -> SplitResult:
     reason = _seeds_short(df, th)
     if reason:
         return _inconclusive(reason)
-    d = df[df["status"] == "complete"]
+    d = df[df["status"] == COMPLETE]
     if d["batch_size"].nunique() < th["min_levels"]:
         return _inconclusive(f"only {d['batch_size'].nunique()} batch size(s)")
     outcomes = c2_outcomes(d, th)
@@ -642,7 +643,7 @@ def judge_c4(df: pd.DataFrame, th: dict[str, Any]) -> SplitResult:
     reason = _seeds_short(df, th)
     if reason:
         return _inconclusive(reason)
-    d = df[df["status"] == "complete"]
+    d = df[df["status"] == COMPLETE]
     if d["num_steps"].nunique() < th["min_levels"]:
         return _inconclusive(f"only {d['num_steps'].nunique()} value(s) of num_steps")
     growth, gnum, grows, unin = judge_c4_growth(d, th)
@@ -739,7 +740,7 @@ def judge_c7(df: pd.DataFrame, sp: pd.DataFrame | None, th: dict[str, Any]) -> S
     reason = _seeds_short(df, th)
     if reason:
         return _inconclusive(reason)
-    d = df[df["status"] == "complete"]
+    d = df[df["status"] == COMPLETE]
     outcome = str(th["c7"].get("outcome", "loss_jitter"))
     jitter = _num(d, outcome)
     if jitter.notna().sum() == 0:

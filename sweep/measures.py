@@ -107,6 +107,7 @@ from scipy.special import stdtr, stdtrit
 from torch import nn
 from torch.nn import functional as F
 
+from sweep import record
 from sweep.data import IGNORE
 from sweep.model import RecurrentModel, State, sequence_loss
 from sweep.tasks import TaskData
@@ -433,17 +434,14 @@ def slope_ci(x: np.ndarray, y: np.ndarray, level: float) -> tuple[float, float |
 
 
 def _reached(acc: np.ndarray, ci_low: np.ndarray, chance: float, margin: float) -> np.ndarray:
-    return (acc >= chance + margin) & (ci_low > chance)
+    """sweep.record.lag_reached (the one rule the analysis uses too), element by element."""
+    chance = np.broadcast_to(np.asarray(chance, dtype=float), np.shape(acc))
+    return np.array(
+        [record.lag_reached(a, lo, c, margin) for a, lo, c in zip(acc, ci_low, chance, strict=True)], dtype=bool
+    )
 
 
-def _span(ks: list[int], reached: np.ndarray) -> int:
-    """The largest k such that every k' <= k in `ks` is reached (0 if the smallest is not)."""
-    span = 0
-    for k, ok in sorted(zip(ks, reached.tolist(), strict=True)):
-        if not ok:
-            break
-        span = k
-    return int(span)
+_span = record.span  # the longest k such that every k' <= k is reached (0 if the smallest is not)
 
 
 def _finite(x: float | None) -> float | None:
@@ -478,11 +476,8 @@ def recall_profile(
     acc = np.where(measured, correct / np.maximum(count, 1), np.nan)
     low, high = _wilson(correct, count, level)
     low, high = np.where(measured, low, np.nan), np.where(measured, high, np.nan)
-    reached = measured & _reached(np.nan_to_num(acc), np.nan_to_num(low), chance, margin)
-    scalars = {
-        "span": _span(lags, reached),
-        "memory_capacity": float(np.sum((acc[measured] - chance) / (1 - chance))) if measured.any() else None,
-    }
+    # the rule the analysis applies too: heads without a held-out target are missing, not accuracy 0
+    scalars = record.recall_summary(lags, acc, count, chance, margin, level)
     return scalars, _frame("recall", lags, acc, low, high, count, chance=chance)
 
 
@@ -712,7 +707,7 @@ def probe_profile(
     acc = correct / n
     low, high = _wilson(correct, np.full_like(correct, n), m.ci_level)
     chance = majority / n
-    reached = (acc >= chance + m.chance_margin) & (low > chance)
+    reached = _reached(acc, low, chance, m.chance_margin)
     ks = np.asarray(plan.probe_ks)
     memory = ks >= 1  # k = 0 is the current input, not memory
     if name != "probe":
