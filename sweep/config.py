@@ -149,6 +149,8 @@ class Config:
     # set by hydra/sweeper=optuna_grid on each trial run: its Optuna study (one per grid cell) and trial number
     study: Optional[str] = None  # noqa: UP045 (OmegaConf reads these annotations)
     trial: Optional[int] = None  # noqa: UP045
+    # ... and the storage of that study, which the trial run reports its held-out curve to (sweep/pruning.py)
+    study_storage: Optional[str] = None  # noqa: UP045
     warmup_updates: int = 10  # excluded from tokens_per_s
     group_norm_every: int = 10  # per-group gradient norms every this many updates
     progress_every_s: float = 15.0  # one progress line per job at most this often
