@@ -7,8 +7,9 @@ failed and diverged -> FAILED, pruned -> KILLED.
 
 The default store is `sqlite:///RESULTS_DIR/mlflow.db`: MLflow 3 refuses its old file store (`./mlruns`)
 unless MLFLOW_ALLOW_FILE_STORE is set, and SQLite is its own default. A rerun finds each record's MLflow run by
-(`run_folder`, `signature`): kept when `record_sha256` (a hash of run.json) is unchanged, else deleted and logged
-again (a failed point that a rerun completed), so the experiment never holds two runs of one record.
+(`run_folder`, `signature`): kept when `export_sha256` (a hash of run.json and the export options) is
+unchanged, else deleted and logged again (a failed point that a rerun completed), so the experiment never holds
+two runs of one record.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from mlflow.entities import Metric, Param, ViewType
 from mlflow.tracking import MlflowClient
 from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH, MAX_TAG_VAL_LENGTH
 
-from analysis.export import Record
+from analysis.export import ExportError, Record
 
 STORE_FILE = "mlflow.db"
 ARTIFACTS = "mlartifacts"  # nothing is logged there; set so MLflow makes no ./mlruns in the caller's folder
@@ -42,10 +43,15 @@ def log_mlflow(
         logging.getLogger(name).setLevel(logging.WARNING)
     uri = tracking_uri or default_uri(root)
     name = experiment or root.name
-    client = MlflowClient(tracking_uri=uri)
-    found = client.get_experiment_by_name(name)
+    try:
+        client = MlflowClient(tracking_uri=uri)
+        found = client.get_experiment_by_name(name)
+    except Exception as exc:  # an unknown scheme, an unreachable server, a store it cannot open
+        raise ExportError(f"--tracking-uri {uri}: {_first_line(exc)}") from exc
     if found is None:
         exp_id = client.create_experiment(name, artifact_location=(root / ARTIFACTS).as_uri())
+    elif found.lifecycle_stage != "active":
+        raise ExportError(f"--experiment: '{name}' is deleted in {uri} (restore it, or choose another name)")
     else:
         exp_id = found.experiment_id
     existing = _existing(client, exp_id)
@@ -72,7 +78,7 @@ def _existing(client: MlflowClient, exp_id: str) -> dict[tuple[str, str], list[t
             tags = run.data.tags
             if all(k in tags for k in KEY_TAGS):
                 key = (tags["run_folder"], tags["signature"])
-                out.setdefault(key, []).append((run.info.run_id, tags.get("record_sha256", "")))
+                out.setdefault(key, []).append((run.info.run_id, tags.get("export_sha256", "")))
         token = page.token
         if not token:
             return out
@@ -84,7 +90,7 @@ def _log_one(client: MlflowClient, exp_id: str, rec: Record) -> None:
         "status": rec.status,
         "signature": rec.signature,
         "run_folder": rec.run_id,
-        "record_sha256": rec.digest,
+        "export_sha256": rec.digest,
         "mlflow.source.name": str(rec.folder),
     }
     if rec.error:
@@ -105,3 +111,8 @@ def _log_one(client: MlflowClient, exp_id: str, rec: Record) -> None:
     metrics.extend(Metric(f"summary/{k}", v, end_ms, rec.last_step) for k, v in rec.summary.items())
     client.log_batch(run_id, metrics=metrics, params=params)
     client.set_terminated(run_id, status=_RUN_STATUS.get(rec.status, "FINISHED"), end_time=end_ms)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

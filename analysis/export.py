@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
 
+import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
@@ -59,7 +60,7 @@ class Record:
     config: dict[str, Any]  # flattened resolved config: dotted keys -> scalar (lists as JSON text)
     summary: dict[str, float]  # scalar summary values (bools as 0/1, lag accuracy as acc_lag_<k>)
     error: str | None
-    digest: str  # sha256 of run.json: tells an unchanged record from one rewritten by a rerun
+    digest: str  # sha256 of run.json and the export options: an unchanged record from one rewritten by a rerun
     end_time: float  # seconds since the epoch: when run.json (written last) was written
     start_time: float  # the end less the series' last `time_s`
     series: dict[str, pd.DataFrame] = field(default_factory=dict)  # steps / evals, numeric columns only
@@ -125,8 +126,17 @@ def _numeric(path: Path) -> pd.DataFrame:
     return out
 
 
-def read_records(root: str | Path) -> list[Record]:
-    """Every usable record under root (skipped ones are logged by analysis.load). Raises ExportError."""
+def thin(df: pd.DataFrame, max_points: int | None) -> pd.DataFrame:
+    """At most `max_points` evenly spaced rows, the first and the last kept (None: every row)."""
+    if max_points is None or len(df) <= max_points:
+        return df
+    rows = np.unique(np.linspace(0, len(df) - 1, max_points).round().astype(int))
+    return df.iloc[rows].reset_index(drop=True)
+
+
+def read_records(root: str | Path, max_points: int | None = None) -> list[Record]:
+    """Every usable record under root (skipped ones are logged by analysis.load), each series thinned to
+    `max_points` rows when given. Raises ExportError."""
     root = Path(root)
     if not root.is_dir():
         raise ExportError(f"RESULTS_DIR: {root} is not a folder")
@@ -147,7 +157,7 @@ def read_records(root: str | Path) -> list[Record]:
             if file.exists():
                 df = _numeric(file)
                 if len(df):
-                    series[name] = df.sort_values("step", kind="stable").reset_index(drop=True)
+                    series[name] = thin(df.sort_values("step", kind="stable").reset_index(drop=True), max_points)
         run_file = folder / RUN_FILE
         end_time = run_file.stat().st_mtime
         elapsed = max((float(df["time_s"].max()) for df in series.values() if "time_s" in df), default=0.0)
@@ -160,7 +170,7 @@ def read_records(root: str | Path) -> list[Record]:
                 config=flat_config(rec.get("config") or {}),
                 summary=_summary_scalars(rec.get("summary") or {}),
                 error=rec.get("error"),
-                digest=hashlib.sha256(run_file.read_bytes()).hexdigest(),
+                digest=hashlib.sha256(run_file.read_bytes() + f"max_points={max_points}".encode()).hexdigest(),
                 end_time=end_time,
                 start_time=end_time - (elapsed if math.isfinite(elapsed) else 0.0),
                 series=series,
@@ -177,6 +187,31 @@ def missing_extra(target: str) -> str | None:
     if importlib.util.find_spec(module) is None:
         return f"--to {target} needs the {extra} extra: pip install 'rnn-sweep[{extra}]'"
     return None
+
+
+def to_tensorboard(
+    results_dir: str | Path, out: str | Path | None = None, max_points: int | None = None
+) -> tuple[Path, int]:
+    """Event files under `out` (default RESULTS_DIR/tensorboard), one folder per record; returns (out, runs)."""
+    records = read_records(results_dir, max_points)
+    from analysis._tensorboard import write_tensorboard  # needs the tensorboard extra
+
+    logdir = Path(out) if out is not None else Path(results_dir).resolve() / "tensorboard"
+    write_tensorboard(records, logdir)
+    return logdir, len(records)
+
+
+def to_mlflow(
+    results_dir: str | Path,
+    tracking_uri: str | None = None,
+    experiment: str | None = None,
+    max_points: int | None = None,
+) -> tuple[dict[str, int], str, str]:
+    """One MLflow run per record; returns the counts (logged, replaced, unchanged), the URI and experiment."""
+    records = read_records(results_dir, max_points)
+    from analysis._mlflow import log_mlflow  # needs the mlflow extra
+
+    return log_mlflow(records, Path(results_dir).resolve(), tracking_uri, experiment)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -198,29 +233,31 @@ def main(argv: list[str] | None = None) -> int:
         help="mlflow: tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///RESULTS_DIR/mlflow.db)",
     )
     parser.add_argument("--experiment", default=None, help="mlflow: experiment name (default: RESULTS_DIR's name)")
+    parser.add_argument(
+        "--max-points",
+        type=int,
+        default=None,
+        metavar="N",
+        help="at most N evenly spaced rows per series and run, first and last kept (default: every row)",
+    )
     args = parser.parse_args(argv)
+    if args.max_points is not None and args.max_points < 2:
+        parser.error(f"--max-points: {args.max_points} is not allowed (an integer >= 2, or leave it out)")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
-    hint = missing_extra(args.to)
-    if hint:
-        print(f"error: {hint}", file=sys.stderr)
-        return 2
     if args.to != "tensorboard" and args.out is not None:
         parser.error("--out: only for --to tensorboard (mlflow writes to --tracking-uri)")
     if args.to != "mlflow" and (args.tracking_uri is not None or args.experiment is not None):
         parser.error("--tracking-uri / --experiment: only for --to mlflow")
+    hint = missing_extra(args.to)
+    if hint:
+        print(f"error: {hint}", file=sys.stderr)
+        return 2
     try:
-        records = read_records(args.results_dir)
-        root = Path(args.results_dir).resolve()
         if args.to == "tensorboard":
-            from analysis._tensorboard import write_tensorboard
-
-            out = Path(args.out) if args.out else root / "tensorboard"
-            write_tensorboard(records, out)
-            print(f"tensorboard: {len(records)} runs in {out} (open: tensorboard --logdir {out})")
+            out, n = to_tensorboard(args.results_dir, args.out, args.max_points)
+            print(f"tensorboard: {n} runs in {out} (open: tensorboard --logdir {out})")
         else:
-            from analysis._mlflow import log_mlflow
-
-            counts, uri, experiment = log_mlflow(records, root, args.tracking_uri, args.experiment)
+            counts, uri, experiment = to_mlflow(args.results_dir, args.tracking_uri, args.experiment, args.max_points)
             print(
                 f"mlflow: {counts['logged']} runs logged, {counts['replaced']} replaced, "
                 f"{counts['unchanged']} unchanged in experiment '{experiment}' at {uri}"
@@ -232,4 +269,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # run as `python -m`, this file is `__main__`: the writers import `analysis.export`, so its main (and the
+    # ExportError they raise) must come from that module, not from this copy
+    from analysis.export import main as _main
+
+    sys.exit(_main())
