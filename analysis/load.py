@@ -4,8 +4,9 @@ Every `run.json` under a results folder becomes one row of `runs` (flattened con
 folder), failed and diverged runs included. A record that cannot be trusted (truncated JSON, a finished run
 whose `steps.parquet` is missing or unreadable) is skipped with a warning that names it, and listed in
 `skipped`.
-Grid points a sweep planned (`sweep_summary.json`, else `multirun.yaml`) that left no usable record are listed
-in `missing`. The per-update, per-evaluation and per-profile series are read on demand by `load_series`.
+Grid points a sweep planned (`sweep_summary.json`, else `sweep_plan.json`, else `multirun.yaml`) that left no
+usable record are listed in `missing`. The per-update, per-evaluation and per-profile series are read on demand
+by `load_series`.
 Files a sweep writes beside its runs are read when present: `speed.parquet` (+ `speed.json`, the speed
 phase: the only tokens/s that may decide a speed verdict) and `lr_search.json` (the learning-rate search).
 Records written before a measure existed keep that column empty: a missing measure is marked, never derived
@@ -39,6 +40,7 @@ from sweep.record import (
     SPEED_FILE,
     SPEED_PLAN_FILE,
     SUMMARY_KEYS,
+    SWEEP_PLAN_FILE,
     SWEEP_SUMMARY_FILE,
     run_dirname,
 )
@@ -509,7 +511,7 @@ def _missing_points(root: Path, loaded: set[str]) -> tuple[pd.DataFrame, int]:
     """Planned grid points without a usable record, from each sweep's summary (or, failing that, its grid)."""
     rows = []
     planned = 0
-    sweep_dirs = {p.parent for p in _walk(root, SWEEP_SUMMARY_FILE)} | {p.parent for p in _walk(root, MULTIRUN_FILE)}
+    sweep_dirs = {p.parent for name in (SWEEP_SUMMARY_FILE, SWEEP_PLAN_FILE, MULTIRUN_FILE) for p in _walk(root, name)}
     for sweep_dir in sorted(sweep_dirs):
         points = _planned_points(sweep_dir)
         if points is None:
@@ -529,7 +531,13 @@ def _planned_points(sweep_dir: Path) -> list[tuple[str, str]] | None:
             jobs = json.loads(summary.read_text())["jobs"]
             return [(Path(d).name, str(v.get("status", "?"))) for d, v in jobs.items()]
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
-            log.warning("cannot read %s: %s; trying multirun.yaml", summary, exc)
+            log.warning("cannot read %s: %s; trying the plan", summary, exc)
+    plan = sweep_dir / SWEEP_PLAN_FILE  # written before the first job: a killed sweep leaves it
+    if plan.exists():
+        try:
+            return [(str(point["folder"]), "no record") for point in json.loads(plan.read_text())["points"]]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            log.warning("cannot read %s: %s; trying %s", plan, exc, MULTIRUN_FILE)
     grid = sweep_dir / MULTIRUN_FILE
     if grid.exists():
         try:

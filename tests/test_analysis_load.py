@@ -281,3 +281,20 @@ def test_grid_rebuild_escapes_slashes_like_the_sweeper(tmp_path):
     assert len(res.runs) == 2 and res.grid_points == 3
     assert list(res.missing["folder"]) == [run_dirname(f"batch_size=32,task.path={path}")]
     assert "%2F" in res.missing["folder"].iloc[0]
+
+
+def test_a_killed_sweep_is_read_against_its_plan(tmp_path):
+    """sweep_plan.json (written before the first job) names every point, sub-grids included, which multirun.yaml
+    alone cannot expand; the points without a record are missing, under the escaped folder names."""
+    from sweep.record import SWEEP_PLAN_FILE, run_dirname
+
+    table = runs_table(cells=("rnn",), batch_sizes=(2,), num_steps=(8,), seeds=(0,))
+    sweep = tmp_path / "s"
+    (folder,) = write_results(sweep, table, summary_file=False)
+    names = [run_dirname(f"batch_size={bs},task.path=/c/t.txt") for bs in (2, 8)]
+    folder.rename(sweep / names[0])
+    plan = {"points": [{"folder": n, "overrides": [], "signature": "x"} for n in names]}
+    (sweep / SWEEP_PLAN_FILE).write_text(json.dumps(plan))
+    (sweep / "multirun.yaml").write_text(yaml.safe_dump({"hydra": {"sweeper": {"grids": [{"batch_size": "2,8"}]}}}))
+    res = load_results(tmp_path)
+    assert res.grid_points == 2 and list(res.missing["folder"]) == [names[1]]

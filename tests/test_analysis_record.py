@@ -193,3 +193,11 @@ def test_the_config_resolver_is_the_record_function():
 
     conf = OmegaConf.create({"o": "task.path=a/b", "d": "${run_dirname:${o}}"})
     assert conf.d == record.run_dirname("task.path=a/b")
+
+
+def test_the_report_reads_only_its_results_folder():
+    """A report must not depend on whichever machine last ran the bench: no analysis module reads bench output
+    (the speed noise comes from the speed phase's rounds)."""
+    for path in sorted((FIXTURES.parent.parent / "analysis").glob("*.py")):
+        text = path.read_text()
+        assert "bench/out" not in text and "stability.json" not in text, path.name

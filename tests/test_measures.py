@@ -413,11 +413,24 @@ def compose():
         yield hydra_compose
 
 
+def _claim_num_steps(cfg: DictConfig) -> list[int]:
+    """Every num_steps the claim preset's grids (and its base params) sweep."""
+    sweeper = cfg.hydra.sweeper
+    values = [str(g["num_steps"]) for g in sweeper.get("grids") or [] if "num_steps" in g]
+    if "num_steps" in (sweeper.get("params") or {}):
+        values.append(str(sweeper.params.num_steps))
+    return [int(v) for text in values for v in text.split(",")]
+
+
 def test_default_contexts_reach_four_times_the_claim_grid(compose):
-    cfg = compose("config")
+    """The measures must look at least 4x beyond the longest window the claim preset trains with, read from the
+    preset itself (a grid that grows must not outgrow its measures silently)."""
+    cfg = compose("config", overrides=["experiment=claim"], return_hydra_config=True)
     validate(cfg)
-    assert max(cfg.measure.contexts) >= 4 * 32
-    assert cfg.measure.horizon_max_k >= 4 * 32
+    longest = max(_claim_num_steps(cfg))
+    assert longest >= 16  # the preset was read, not an empty grid
+    assert max(cfg.measure.contexts) >= 4 * longest
+    assert cfg.measure.horizon_max_k >= 4 * longest
 
 
 @pytest.mark.parametrize(
