@@ -69,7 +69,7 @@ def _export(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "analysis.export", *args],
         cwd=cwd or REPO,
-        env={**env, "PYTHONPATH": str(REPO)},
+        env={**env, "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)},
         capture_output=True,
         text=True,
         timeout=300,
