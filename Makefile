@@ -7,25 +7,73 @@ TSTAMP  := $(VENV)/.installed-test
 RESULTS ?= results
 ARGS    ?=
 
-.PHONY: help install sweep speed smoke report tune test test-fast lint format bench clean
+# Which torch build: auto = cpu on a machine without an NVIDIA driver (no nvidia-smi), else cuda.
+#   cpu  = PyTorch's CPU wheel index as an extra index (about 200 MB on Linux instead of several GB of CUDA
+#          libraries); pip still takes a matching wheel from its find-links or PyPI when that index is unreachable.
+#   cuda = PyPI's default build (CUDA on Linux; on macOS and Windows PyPI's build is the CPU one anyway).
+TORCH           ?= auto
+TORCH_VERSION   ?= 2.13.0
+TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
+TORCH_BUILD := $(if $(filter auto,$(TORCH)),$(if $(shell command -v nvidia-smi 2>/dev/null),cuda,cpu),$(TORCH))
+ifeq ($(filter cpu cuda,$(TORCH_BUILD)),)
+$(error TORCH=$(TORCH): must be auto, cpu or cuda)
+endif
+# --retries 1: an unreachable CPU index (offline, a firewall) costs about a second, not a minute per package.
+TORCH_PIP_cpu  := --extra-index-url $(TORCH_CPU_INDEX) --retries 1
+TORCH_PIP_cuda :=
+# Editable installs put the checkout on sys.path (setuptools' compat mode): Hydra finds the project's plugins by
+# listing the hydra_plugins folders on sys.path, which the default editable mode's import hook hides from it.
+EDITABLE := --config-settings editable_mode=compat -e
+
+# Every Python the README names; test-pythons runs the fast tests on each in .venv-<version>.
+PYTHONS ?= 3.10 3.11 3.12 3.13
+pyexe = $(or $(lastword $(sort $(wildcard $(HOME)/.pyenv/versions/$(1).*/bin/python))),$(shell command -v python$(1)))
+
+.PHONY: help install sweep speed smoke report tune test test-fast test-ray test-pythons check-pins lint format bench \
+        clean
 
 help:  ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+	@echo "  variables: TORCH=auto|cpu|cuda (now: $(TORCH_BUILD)), PYTHONS='$(PYTHONS)', RESULTS, ARGS, DIR"
 
-# torch goes in first and pinned, so pip takes the CPU build on disk instead of a multi-GB CUDA build.
-$(STAMP): pyproject.toml
-	test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e .
+# $(call venv-install,DIR,PYTHON,EXTRAS): torch first and pinned (so pip keeps the chosen build), then the project;
+# its resolved versions are frozen to DIR/sweep-pins.txt and EXTRAS are installed under them as constraints, so a
+# test or dev extra can never change a version the sweep runs with (pip stops with the conflict instead).
+define venv-install
+	test -x $(1)/bin/python || $(2) -m venv $(1)
+	$(1)/bin/pip install --quiet --upgrade pip
+	$(1)/bin/pip install --quiet $(TORCH_PIP_$(TORCH_BUILD)) torch==$(TORCH_VERSION)
+	$(1)/bin/pip install --quiet $(EDITABLE) .
+	$(1)/bin/pip freeze --exclude rnn-sweep > $(1)/sweep-pins.txt
+	$(if $(3),$(1)/bin/pip install --quiet -c $(1)/sweep-pins.txt $(EDITABLE) '.[$(3)]')
+endef
+
+# the sweep's own venv: the project and nothing else
+$(STAMP): pyproject.toml setup.py
+	$(call venv-install,$(VENV),$(PY),)
 	touch $(STAMP)
 
-# tests also need the dev tools and the optional Ray launcher (tests/test_launchers.py runs every launcher)
+# the dev tools go into the sweep's venv under its pins; tests/test_install.py checks the versions still match
 $(TSTAMP): $(STAMP)
-	$(BIN)/pip install --quiet -e '.[dev,ray]'
+	$(BIN)/pip install --quiet -c $(VENV)/sweep-pins.txt $(EDITABLE) '.[dev]'
 	touch $(TSTAMP)
 
-install: $(STAMP)  ## create .venv and install the project (CPU torch)
+# The Ray launcher gets a venv of its own: hydra-ray-launcher caps cloudpickle < 3, which holds joblib at 1.5.x,
+# while the sweep's venv resolves joblib 1.6. This venv is what `pip install 'rnn-sweep[ray]'` gives a Ray user.
+.venv-ray/.installed: pyproject.toml setup.py
+	test -x .venv-ray/bin/python || $(PY) -m venv .venv-ray
+	.venv-ray/bin/pip install --quiet --upgrade pip
+	.venv-ray/bin/pip install --quiet $(TORCH_PIP_$(TORCH_BUILD)) torch==$(TORCH_VERSION)
+	.venv-ray/bin/pip install --quiet $(EDITABLE) '.[dev,ray]'
+	touch $@
+
+# one venv per Python for test-pythons (the project and the dev tools, under the project's pins)
+.venv-%/.installed-test: pyproject.toml setup.py
+	@test -n "$(call pyexe,$*)" || { echo "no python$* found (pyenv: ~/.pyenv/versions/$*.*; or on PATH)"; exit 2; }
+	$(call venv-install,.venv-$*,$(call pyexe,$*),dev)
+	touch $@
+
+install: $(STAMP)  ## create .venv and install the project (torch build: TORCH=auto|cpu|cuda)
 
 sweep: $(STAMP)  ## the claim protocol (speed phase, lr search, both budgets, 5 seeds) and its report
 	$(BIN)/python -m sweep experiment=claim results_dir=$(RESULTS) $(ARGS)
@@ -45,11 +93,26 @@ tune: $(STAMP)  ## the claim grid with the learning rate tuned per cell (Optuna)
 	$(BIN)/python -m sweep experiment=tune results_dir=$(RESULTS) $(ARGS)
 	$(BIN)/python -m analysis $(RESULTS)/tune
 
-test: $(TSTAMP)  ## every test, slow ones included (what CI runs)
+test: $(TSTAMP) .venv-ray/.installed  ## every test, slow ones included (what CI runs), then the Ray launcher's in .venv-ray
 	$(BIN)/python -m pytest -q
+	.venv-ray/bin/python -m pytest -q -p no:cacheprovider tests/test_launchers.py -k ray
 
 test-fast: $(TSTAMP)  ## the tests not marked slow
 	$(BIN)/python -m pytest -q -m "not slow"
+
+test-ray: .venv-ray/.installed  ## the launcher tests in the Ray launcher's venv
+	.venv-ray/bin/python -m pytest -q -p no:cacheprovider tests/test_launchers.py
+
+# each Python in its own venv; every one is tried, and the target fails if any failed
+test-pythons: $(foreach v,$(PYTHONS),.venv-$(v)/.installed-test)  ## the fast tests on every Python in PYTHONS
+	@failed=""; for v in $(PYTHONS); do \
+	  echo "== Python $$v"; \
+	  .venv-$$v/bin/python -m pytest -q -p no:cacheprovider -m "not slow" || failed="$$failed $$v"; \
+	done; \
+	if [ -n "$$failed" ]; then echo "fast tests failed on Python$$failed"; exit 1; fi
+
+check-pins: $(TSTAMP)  ## fail if the dev tools changed a version the sweep's install resolved
+	$(BIN)/python -m pytest -q -p no:cacheprovider tests/test_install.py -k sweep_pins
 
 lint: $(TSTAMP)  ## ruff lint and format check
 	$(BIN)/ruff check .
@@ -62,5 +125,5 @@ format: $(TSTAMP)  ## apply ruff's formatting and safe fixes
 bench: $(STAMP)  ## benchmarks: runner vs bare loop, sweep efficiency, timing stability
 	$(BIN)/python -m bench $(ARGS)
 
-clean:  ## remove results and caches (keeps .venv)
+clean:  ## remove results and caches (keeps the venvs)
 	rm -rf $(RESULTS) .pytest_cache .ruff_cache bench/out
