@@ -15,8 +15,9 @@ from sweep import errors
 from sweep.config import ConfigError, register_configs
 from sweep.record import run_dirname
 
+# Importing this module registers the config schema and the resolver (tests and the bench compose configs with
+# them) and patches nothing: the one-line error handler is installed by `main`, the entry point.
 register_configs()
-errors.install()
 if not OmegaConf.has_resolver("run_dirname"):
     OmegaConf.register_new_resolver("run_dirname", run_dirname)
 
@@ -136,9 +137,26 @@ def _results_dirs_from_argv(argv: list[str]) -> list[str]:
     return values
 
 
+_MULTIRUN_FLAGS = ("-m", "--multirun")
+_CFG_FLAGS = ("-c", "--cfg")
+
+
+def check_flags(argv: list[str]) -> None:
+    """Flag combinations Hydra refuses with a traceback, as one line saying what to use instead."""
+    flags = {a.split("=", 1)[0] for a in argv if a.startswith("-")}
+    if flags & set(_MULTIRUN_FLAGS) and flags & set(_CFG_FLAGS):
+        raise ConfigError(
+            "invalid command line: -m/--multirun cannot be combined with --cfg: to preview a grid, add "
+            "hydra.sweeper.dry_run=true to the -m command; to see one point's config, drop -m"
+        )
+
+
 def main() -> None:
-    """`python -m sweep`: refuse an unwritable results_dir in one line before Hydra makes any folder, then run."""
+    """`python -m sweep` and `rnn-sweep`: one-line errors, refuse an unwritable results_dir in one line before Hydra
+    makes any folder, then run."""
+    errors.install()
     try:
+        check_flags(sys.argv[1:])
         for results_dir in _results_dirs_from_argv(sys.argv[1:]):
             check_results_dir(results_dir)
     except ConfigError as exc:

@@ -21,11 +21,12 @@ from omegaconf import DictConfig, OmegaConf
 
 from sweep._hydra_api import SweeperBase, split_arguments
 from sweep.errors import RunFailed
+from sweep.record import SWEEP_PLAN_FILE, SWEEP_SUMMARY_FILE
 
 log = logging.getLogger(__name__)
 
-PLAN_FILE = "sweep_plan.json"
-SUMMARY_FILE = "sweep_summary.json"
+PLAN_FILE = SWEEP_PLAN_FILE
+SUMMARY_FILE = SWEEP_SUMMARY_FILE
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report a Ctrl-C
 WAIT_POLL_S = 2.0  # how often the end of a sweep looks at points running elsewhere
 
@@ -251,11 +252,30 @@ def summarize(jobs: list[PlannedJob]) -> dict[str, Any]:
     return {"counts": dict(counts), "jobs": per_job}
 
 
-def write_plan(sweep_dir: Path, jobs: list[PlannedJob]) -> None:
-    """Every point of the grid (folder, overrides, signature), written before the first job starts, so that a
-    reader of a killed or still-running sweep knows what is missing."""
+def write_plan(
+    sweep_dir: Path, jobs: list[PlannedJob] | dict[str, list[PlannedJob]], pending: dict[str, Any] | None = None
+) -> None:
+    """Every point of the sweep (folder relative to `sweep_dir`, overrides, signature, phase, expected cost, lease
+    ttl), written before the first job starts, so that a reader of a killed or still-running sweep
+    (`python -m sweep.status`, analysis) knows what is missing. `jobs`: the grid's points, or phase -> points
+    (lr_search, grid); `pending`: phases whose points are not known yet (the grid, while the lr search runs)."""
     from sweep.record import write_json
 
-    write_json(sweep_dir / PLAN_FILE, {
-        "points": [{"folder": j.out_dir.name, "overrides": j.overrides, "signature": j.signature} for j in jobs],
-    })  # fmt: skip
+    phases = {"grid": jobs} if isinstance(jobs, list) else jobs
+    points = [
+        {
+            "folder": _rel(j.out_dir, sweep_dir),
+            "overrides": j.overrides,
+            "signature": j.signature,
+            "phase": phase,
+            "cost": j.cost,
+            "ttl_s": _ttl(j),
+        }
+        for phase, js in phases.items()
+        for j in js
+    ]
+    write_json(sweep_dir / PLAN_FILE, {"points": points, **({"pending": pending} if pending else {})})
+
+
+def _rel(folder: Path, sweep_dir: Path) -> str:
+    return str(folder.relative_to(sweep_dir)) if folder.is_relative_to(sweep_dir) else str(folder)

@@ -5,6 +5,7 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,13 +21,19 @@ from sweep.plan import (
     PlannedJob,
     SweepFailed,
     batch_limit,
+    launcher_parallelism,
     plan_jobs,
     running_elsewhere,
     summarize,
     write_plan,
 )
+from sweep.record import DONE_STATUSES, SWEEP_SUMMARY_FILE
 
 log = logging.getLogger(__name__)
+
+
+def _nothing() -> None:
+    return None
 
 
 def _tuner_class(path: str) -> type[Sweeper]:
@@ -74,7 +81,8 @@ class GridSweeperImpl(SweeperBase):
         self._leased: set[Path] = set()  # folders of launched jobs that another process held the lease of
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
-        if self.tune.get("search"):  # a tuned grid: hand the whole sweep to the tuning sweeper
+        # a tuned grid: hand the whole sweep to the tuning sweeper (a dry run only lists the grid's points)
+        if self.tune.get("search") and not self.dry_run:
             tuner = _tuner_class(self.tuner_class)(max_batch_size=self.max_batch_size, params=self.params, **self.tune)
             self.tuner = tuner
             self.tuner.setup(hydra_context=hydra_context, task_function=task_function, config=config)
@@ -104,6 +112,9 @@ class GridSweeperImpl(SweeperBase):
             t0 = time.perf_counter()
             jobs = plan_jobs(self, arguments)
             log.info("planned %d grid points (composed and validated) in %.1f s", len(jobs), time.perf_counter() - t0)
+            if self.dry_run:
+                print(self._dry_run(jobs), flush=True)
+                return []
             sweep_dir = Path(self.config.hydra.sweep.dir)
             sweep_dir.mkdir(parents=True, exist_ok=True)
             OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
@@ -111,28 +122,84 @@ class GridSweeperImpl(SweeperBase):
                 _phases.run_speed_phase(jobs, speed, sweep_dir)
                 if speed.get("only"):
                     return []
+            earlier: dict[str, list[PlannedJob]] = {}
             if search.get("values"):
                 chosen = _phases.run_lr_search(self, jobs, search, sweep_dir)
+                earlier[_phases.LR_SEARCH_DIR] = chosen["runs"]
                 jobs = _phases.with_chosen_lr(jobs, chosen)
-            write_plan(sweep_dir, jobs)
-            returns = self._launch(jobs, is_done)
-            returns += self._wait_elsewhere(jobs, is_done)
+            write_plan(sweep_dir, {**earlier, "grid": jobs})
+            returns = self.run_jobs(jobs)
         except KeyboardInterrupt:
             self._interrupted(jobs, is_done)
 
         summary = summarize(jobs)
-        write_json(sweep_dir / "sweep_summary.json", summary)
+        write_json(sweep_dir / SWEEP_SUMMARY_FILE, summary)
         counts = summary["counts"]
         log.info("sweep finished: %s", ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
-        ok = ("complete", "diverged", "running elsewhere")
+        ok = (*DONE_STATUSES, "running elsewhere")
         bad = {d: v for d, v in summary["jobs"].items() if v["status"] not in ok}
         if bad:
             names = "; ".join(f"{Path(d).name} ({v['status']})" for d, v in list(bad.items())[:10])
             raise SweepFailed(
                 f"sweep finished with {len(bad)} of {len(jobs)} jobs not complete: {names}"
-                f"{' ...' if len(bad) > 10 else ''} (details in {sweep_dir / 'sweep_summary.json'})"
+                f"{' ...' if len(bad) > 10 else ''} (details in {sweep_dir / SWEEP_SUMMARY_FILE})"
             )
         return returns
+
+    def parallelism(self) -> int:
+        return launcher_parallelism(self.config.hydra.launcher, self.max_batch_size)
+
+    def run_jobs(self, jobs: list[PlannedJob], label: str = "") -> list[Any]:
+        """Launch what is not done yet, then wait for the points other processes hold; one progress line as each
+        job ends (sweep/status.py's Progress: it watches the records, so it sees every launcher's jobs end)."""
+        from sweep.record import is_done
+        from sweep.status import Progress
+
+        with Progress(jobs, self.parallelism(), label=label, emit=log.info) as progress:
+            returns = self._launch(jobs, is_done, progress.poll)
+            returns += self._wait_elsewhere(jobs, is_done, progress.poll)
+        return returns
+
+    def _dry_run(self, jobs: list[PlannedJob]) -> str:
+        """What the sweep would do, written nowhere: the points (done or to run), the phases before them, and
+        jobs x threads."""
+        from hydra_plugins.rnn_sweep_sweeper import _phases
+        from sweep.record import is_done
+        from sweep.run import default_threads  # the rule each job applies (imports torch: a dry run only)
+
+        speed, search = self.speed or {}, self.lr_search or {}
+        lines = [f"dry run: nothing is written (sweep folder {self.config.hydra.sweep.dir})"]
+        if speed.get("enabled") or speed.get("only"):
+            n = len(_phases.speed_points(jobs, list(speed.get("tasks") or [])))
+            lines.append(f"speed phase first: {n} points timed one at a time, {int(speed.get('rounds', 0))} rounds")
+        grid_known = True
+        if search.get("values") and not speed.get("only"):
+            runs, chosen = _phases.plan_lr_search(self, jobs, search)
+            done = sum(is_done(j.out_dir, j.signature) for j in runs)
+            lines.append(f"lr search first: {len(runs)} runs, {done} already complete, {len(runs) - done} to run")
+            if chosen is not None:
+                jobs = _phases.with_chosen_lr(jobs, chosen)
+            else:
+                grid_known = False
+                lines.append("  (each grid point's lr, and so its folder, is known once the search has run)")
+        if self.tune.get("search"):
+            lines.append(f"tuning: each point's optim.lr searched by {self.tuner_class.rsplit('.', 1)[-1]} "
+                         f"({self.tune.get('n_trials')} trials x {len(self.tune.get('search_seeds') or [])} "
+                         "search seeds per cell) before it runs")  # fmt: skip
+        done_flags = [grid_known and is_done(j.out_dir, j.signature) for j in jobs]
+        shown = _varying(jobs)
+        for job, done in zip(jobs, done_flags, strict=True):
+            point = " ".join(o for o in job.overrides if o in shown) or "(defaults)"
+            lines.append(f"  {'complete' if done else 'to run':<8}  {point}")
+        n_done = sum(done_flags)
+        parallel = self.parallelism()
+        threads = (jobs[0].config.threads if jobs and jobs[0].config is not None else None) or default_threads(parallel)
+        launcher = str(self.config.hydra.launcher.get("_target_", "")).rsplit(".", 1)[-1]
+        lines.append(
+            f"{len(jobs)} points: {n_done} already complete, {len(jobs) - n_done} to run; "
+            f"{_n(parallel, 'job')} at once x {_n(threads, 'thread')} each ({launcher})"
+        )
+        return "\n".join(lines)
 
     @staticmethod
     def _interrupted(jobs: list[PlannedJob] | None, is_done) -> None:
@@ -151,7 +218,7 @@ class GridSweeperImpl(SweeperBase):
         sys.stderr.flush()
         raise SystemExit(EXIT_INTERRUPTED)
 
-    def _wait_elsewhere(self, jobs: list[PlannedJob], is_done) -> list[Any]:
+    def _wait_elsewhere(self, jobs: list[PlannedJob], is_done, poll: Callable[[], None] = _nothing) -> list[Any]:
         """Points skipped because another process held their lease: wait until each has a record; a point whose
         lease ends with no record (its holder was killed, or stopped by Ctrl-C) is launched here again."""
         from sweep.record import read_run
@@ -167,7 +234,7 @@ class GridSweeperImpl(SweeperBase):
             if free:
                 log.info("%d points running elsewhere stopped without a record: running them here", len(free))
                 self._leased = set()
-                returns += self._launch(free, is_done)
+                returns += self._launch(free, is_done, poll)
                 watch = [j for j in watch if j not in free or j.out_dir in self._leased]
                 continue
             names = tuple(j.out_dir.name for j in watch)
@@ -176,7 +243,7 @@ class GridSweeperImpl(SweeperBase):
                 shown = names
             time.sleep(WAIT_POLL_S)
 
-    def _launch(self, jobs: list[PlannedJob], is_done) -> list[Any]:
+    def _launch(self, jobs: list[PlannedJob], is_done, poll: Callable[[], None] = _nothing) -> list[Any]:
         """Launch the jobs that have no whole record yet, longest first, in batches the launcher can take."""
         todo = [job for job in jobs if not is_done(job.out_dir, job.signature)]
         todo.sort(key=lambda job: -job.cost)  # longest first: the workers then run out of work together
@@ -191,7 +258,27 @@ class GridSweeperImpl(SweeperBase):
                 self._leased |= {j.out_dir for j, r in zip(chunk, rets, strict=False) if _leased(r)}
             except Exception as exc:  # a lost worker (killed, out of memory): its jobs show up as missing
                 log.error("launcher error (%s: %s): see the summary for missing jobs", type(exc).__name__, exc)
+            poll()  # the batch is back: its progress lines now, not at the next look of the watcher
         return returns
+
+
+def _n(count: int, noun: str) -> str:
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
+def _varying(jobs: list[PlannedJob]) -> set[str]:
+    """The override lines that tell the points apart (those of keys whose value differs between points); every
+    line when there is a single point."""
+    from sweep.plan import override_key
+
+    if len(jobs) < 2:
+        return {o for j in jobs for o in j.overrides}
+    values: dict[str, set[str]] = {}
+    for j in jobs:
+        for o in j.overrides:
+            values.setdefault(override_key(o), set()).add(o)
+    keys = {k for k, v in values.items() if len(v) > 1 or any(k not in map(override_key, j.overrides) for j in jobs)}
+    return {o for j in jobs for o in j.overrides if override_key(o) in keys}
 
 
 def _leased(ret: Any) -> bool:

@@ -132,29 +132,68 @@ def check_search(search: Any) -> None:
         raise ConfigError("invalid sweep: hydra.sweeper.lr_search.seeds: must name at least one search seed")
 
 
+def _plan_search(sweeper: Any, jobs: list[PlannedJob], search: Any) -> dict[tuple, list[PlannedJob]]:
+    """Group key -> the planned search runs of that group."""
+    name = str(jobs[0].config.name) if jobs else "default"
+    return {
+        gk: plan_points(sweeper, search_overrides(base, search, name)) for gk, base in _groups(jobs, search).items()
+    }
+
+
+def plan_lr_search(sweeper: Any, jobs: list[PlannedJob], search: Any) -> tuple[list[PlannedJob], dict[str, Any] | None]:
+    """The search runs, and what `with_chosen_lr` needs when every one of them already has a record (else None);
+    reads records only (a dry run)."""
+    from sweep.record import read_run
+
+    planned = _plan_search(sweeper, jobs, search)
+    every = [j for js in planned.values() for j in js]
+    if any(read_run(j.out_dir) is None for j in every):
+        return every, None
+    try:
+        sweep_dir = Path(sweeper.config.hydra.sweep.dir)
+        return every, {**_search_result(planned, search, sweep_dir)[2], "runs": every}
+    except SweepFailed:
+        return every, None
+
+
 def run_lr_search(sweeper: Any, jobs: list[PlannedJob], search: Any, sweep_dir: Path) -> dict[str, Any]:
     """Run (or reuse) the search runs, pick one lr per group, write lr_search.json. Returns what
-    `with_chosen_lr` needs: the search settings and group key -> lr."""
-    from sweep.record import is_done, read_run, write_json
+    `with_chosen_lr` needs (the search settings and group key -> lr) and the search runs (`runs`)."""
+    from sweep.plan import write_plan
+    from sweep.record import write_json
 
-    groups = _groups(jobs, search)
-    name = str(jobs[0].config.name) if jobs else "default"
-    planned: dict[tuple, list[PlannedJob]] = {}
-    for gk, base in groups.items():
-        planned[gk] = plan_points(sweeper, search_overrides(base, search, name))
+    planned = _plan_search(sweeper, jobs, search)
     every = [j for js in planned.values() for j in js]
-    log.info("lr search: %d groups x %d lrs x %d seeds = %d runs", len(groups), len(search["values"]),
+    log.info("lr search: %d groups x %d lrs x %d seeds = %d runs", len(planned), len(search["values"]),
              len(search["seeds"]), len(every))  # fmt: skip
-    sweeper._launch(every, is_done)
-    sweeper._wait_elsewhere(every, is_done)  # runs another sweep process holds: every lr needs its record
+    # the plan, before the first search run starts: the grid's folders follow from the lr the search chooses
+    write_plan(sweep_dir, {LR_SEARCH_DIR: every}, pending={"grid": len(jobs)})
+    sweeper.run_jobs(every, label="lr search: ")  # waits for runs another process holds: every lr needs its record
+    table, chosen, result = _search_result(planned, search, sweep_dir)
+    objective = str(search.get("objective") or "valid_loss")
+    write_json(sweep_dir / LR_SEARCH_FILE, {
+        "values": list(search["values"]), "seeds": list(search["seeds"]), "overrides": list(search.overrides),
+        "objective": objective, "by": result["by"], "rule": "lowest mean held-out objective over the search seeds",
+        "table": table, "chosen": chosen,
+    })  # fmt: skip
+    for c in chosen:
+        log.info("lr search: %s -> lr %g", c["group"], c["lr"])
+    return {"search": search, "lr": result["lr"], "runs": every}
+
+
+def _search_result(
+    planned: dict[tuple, list[PlannedJob]], search: Any, sweep_dir: Path
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, Any]]:
+    """(table rows, chosen lr per group, {search, lr: group key -> lr, by}) from the search runs' records."""
+    from sweep.record import read_run
 
     objective = str(search.get("objective") or "valid_loss")
     # the keys whose values differ between groups: what the chosen lr depends on
     values: dict[str, list[str]] = {}
-    for gk in groups:
+    for gk in planned:
         for o in gk:
             values.setdefault(_key(o), []).append(o)
-    varying = sorted(k for k, v in values.items() if len(set(v)) > 1 or len(v) < len(groups))
+    varying = sorted(k for k, v in values.items() if len(set(v)) > 1 or len(v) < len(planned))
     table, chosen, result = [], [], {}
     for gk, js in planned.items():
         rows = []
@@ -184,14 +223,7 @@ def run_lr_search(sweeper: Any, jobs: list[PlannedJob], search: Any, sweep_dir: 
             "means": {repr(lr): m for lr, m in best["means"].items()},
         })  # fmt: skip
         result[gk] = best["lr"]
-    write_json(sweep_dir / LR_SEARCH_FILE, {
-        "values": list(search["values"]), "seeds": list(search["seeds"]), "overrides": list(search.overrides),
-        "objective": objective, "by": varying, "rule": "lowest mean held-out objective over the search seeds",
-        "table": table, "chosen": chosen,
-    })  # fmt: skip
-    for c in chosen:
-        log.info("lr search: %s -> lr %g", c["group"], c["lr"])
-    return {"search": search, "lr": result}
+    return table, chosen, {"search": search, "lr": result, "by": varying}
 
 
 def with_lr(job: PlannedJob, lr: float) -> PlannedJob:
