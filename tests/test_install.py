@@ -7,6 +7,7 @@ import importlib.metadata
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -117,9 +118,16 @@ def test_sweep_pins_hold_after_the_dev_tools_are_installed():
 # ------------------------------------------------------------------------------------- slow: an installed wheel
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> Path:
+    # built from a copy of the files a wheel is made of: setuptools builds in the source tree, and a build/ folder
+    # left there would ship modules deleted since
+    src = tmp_path_factory.mktemp("src")
+    for name in ("pyproject.toml", "setup.py", "README.md", "LICENSE"):
+        shutil.copy2(REPO / name, src / name)
+    for name in ("sweep", "analysis", "hydra_plugins", "conf"):
+        shutil.copytree(REPO / name, src / name, ignore=shutil.ignore_patterns("__pycache__"))
     out = tmp_path_factory.mktemp("wheel")
     res = _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(out),
-                str(REPO)], REPO, timeout=300)  # fmt: skip
+                str(src)], src, timeout=300)  # fmt: skip
     assert res.returncode == 0, res.stderr[-3000:]
     (whl,) = out.glob("rnn_sweep-*.whl")
     return whl
