@@ -21,18 +21,18 @@ from pathlib import Path
 import optuna
 import pytest
 from hydra.core.override_parser.overrides_parser import OverridesParser
-from omegaconf import OmegaConf
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState
 
-# Module objects, not classes: Hydra's plugin scan (run by any compose in the same process) re-executes
-# plugin modules and hydra's own BasicSweeper in place, so a class imported before it no longer matches
-# `super(BasicSweeper, self)`. Looking classes up at call time always gets the current ones.
-from hydra_plugins.rnn_sweep_optuna import optuna_sweeper as osw
-from hydra_plugins.rnn_sweep_optuna import search_space as ss
-from hydra_plugins.rnn_sweep_optuna import studies as st
-from hydra_plugins.rnn_sweep_sweeper import grid_sweeper as gsw
+from hydra_plugins.rnn_sweep_optuna import _outcomes as oc
+from hydra_plugins.rnn_sweep_optuna import _owners as ow
+from hydra_plugins.rnn_sweep_optuna import _search_space as ss
+from hydra_plugins.rnn_sweep_optuna import _trials
+from hydra_plugins.rnn_sweep_optuna._cells import Cell
+from sweep._optuna_api import asked_trial_id
 from sweep.config import ConfigError
+from sweep.optuna_setup import open_storage, public_url
+from sweep.plan import PlannedJob
 from tests.conftest import REPO, TINY
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -84,30 +84,52 @@ def _rec(status="complete", sig="s", **summary):
 
 
 def test_what_a_record_tells_optuna():
-    assert st.outcome(_rec(valid_loss=0.25), "s", "valid_loss") == (TrialState.COMPLETE, 0.25, "complete")
-    assert st.outcome(_rec(lag_accuracy={"8": 0.9}), "s", "lag_accuracy.8")[:2] == (TrialState.COMPLETE, 0.9)
-    assert st.outcome(_rec("diverged", valid_loss=None), "s", "valid_loss")[0] == TrialState.PRUNED
-    state, value, reason = st.outcome(_rec("failed"), "s", "valid_loss")
+    assert oc.outcome(_rec(valid_loss=0.25), "s", "valid_loss") == (TrialState.COMPLETE, 0.25, "complete", "complete")
+    assert oc.outcome(_rec(lag_accuracy={"8": 0.9}), "s", "lag_accuracy.8")[:2] == (TrialState.COMPLETE, 0.9)
+    assert oc.outcome(_rec("diverged", valid_loss=None), "s", "valid_loss")[::3] == (TrialState.PRUNED, "diverged")
+    # stopped by the pruner: PRUNED too, but told apart from a diverged lr by its status
+    assert oc.outcome(_rec("pruned", updates=5), "s", "valid_loss")[::3] == (TrialState.PRUNED, "pruned")
+    state, value, reason, _ = oc.outcome(_rec("failed"), "s", "valid_loss")
     assert (state, value) == (TrialState.FAIL, None) and "boom" in reason
-    assert st.outcome(None, "s", "valid_loss")[0] == TrialState.FAIL
-    assert st.outcome(_rec(valid_loss=0.25), "other", "valid_loss")[0] == TrialState.FAIL
-    assert st.outcome(_rec(valid_loss=float("nan")), "s", "valid_loss")[0] == TrialState.FAIL
-    assert st.outcome(_rec(train_loss=1.0), "s", "valid_loss")[0] == TrialState.FAIL
+    assert oc.outcome(None, "s", "valid_loss").state == TrialState.FAIL
+    assert oc.outcome(_rec(valid_loss=0.25), "other", "valid_loss").state == TrialState.FAIL
+    assert oc.outcome(_rec(valid_loss=float("nan")), "s", "valid_loss").state == TrialState.FAIL
+    assert oc.outcome(_rec(train_loss=1.0), "s", "valid_loss").state == TrialState.FAIL
 
 
 def test_a_trial_is_told_the_mean_over_its_search_seeds_and_no_value_when_a_run_is_bad():
-    ok = (TrialState.COMPLETE, 0.5, "complete")
-    diverged = st.outcome(_rec("diverged"), "s", "valid_loss")
-    failed = st.outcome(_rec("failed"), "s", "valid_loss")
-    assert st.pooled_outcome([(1000, ok), (1001, (TrialState.COMPLETE, 1.0, "complete"))])[:2] == (
-        TrialState.COMPLETE,
-        0.75,
-    )
+    ok = oc.Outcome(TrialState.COMPLETE, 0.5, "complete", "complete")
+    diverged = oc.outcome(_rec("diverged"), "s", "valid_loss")
+    pruned = oc.outcome(_rec("pruned"), "s", "valid_loss")
+    failed = oc.outcome(_rec("failed"), "s", "valid_loss")
+    assert oc.pooled_outcome([(1000, ok), (1001, ok._replace(value=1.0))])[:2] == (TrialState.COMPLETE, 0.75)
     # one diverged seed makes the lr unsafe whatever the others did; a failed one leaves it unmeasured
-    state, value, reason = st.pooled_outcome([(1000, ok), (1001, diverged)])
-    assert (state, value) == (TrialState.PRUNED, None) and "seed 1001" in reason
-    assert st.pooled_outcome([(1000, failed), (1001, ok)])[:2] == (TrialState.FAIL, None)
-    assert st.pooled_outcome([(1000, failed), (1001, diverged)])[0] == TrialState.PRUNED
+    state, value, reason, status = oc.pooled_outcome([(1000, ok), (1001, diverged)])
+    assert (state, value, status) == (TrialState.PRUNED, None, "diverged") and "seed 1001" in reason
+    assert oc.pooled_outcome([(1000, failed), (1001, ok)])[:2] == (TrialState.FAIL, None)
+    assert oc.pooled_outcome([(1000, failed), (1001, diverged)])[::3] == (TrialState.PRUNED, "diverged")
+    # the pruner's verdict outranks a failed run and is outranked by a diverged one
+    assert oc.pooled_outcome([(1000, pruned), (1001, failed)])[::3] == (TrialState.PRUNED, "pruned")
+    assert oc.pooled_outcome([(1000, pruned), (1001, diverged)])[::3] == (TrialState.PRUNED, "diverged")
+    assert oc.pooled_outcome([(1000, pruned), (1001, ok)])[::3] == (TrialState.PRUNED, "pruned")
+
+
+def test_trials_stopped_by_the_pruner_count_towards_n_trials_and_not_as_failures(tmp_path):
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 's.db'}")
+    dist = {"optim.lr": FloatDistribution(1e-3, 1e-1, log=True)}
+    for result in (
+        oc.Outcome(TrialState.COMPLETE, 1.0, "complete", "complete"),
+        oc.Outcome(TrialState.PRUNED, None, "seed 1000: pruned after 5 updates", "pruned"),
+        oc.Outcome(TrialState.PRUNED, None, "seed 1000: diverged", "diverged"),
+        oc.Outcome(TrialState.FAIL, None, "seed 1000: run failed", "failed"),
+    ):
+        assert oc.tell(study, study.ask(dist).number, result)
+    c = oc.counts(study.get_trials(deepcopy=False))
+    assert (c["complete"], c["pruned"], c["fail"]) == (1, 2, 1)
+    assert (c["stopped"], c["finished"], c["bad"]) == (1, 2, 2)
+    assert [t.user_attrs["status"] for t in study.trials] == ["complete", "pruned", "diverged", "failed"]
+    assert study.trials[1].user_attrs["outcome"] == "seed 1000: pruned after 5 updates"
+    assert not oc.tell(study, 0, oc.Outcome(TrialState.FAIL, None, "late", "failed"))  # settled already: False
 
 
 def _dead_pid() -> int:
@@ -119,15 +141,15 @@ def _dead_pid() -> int:
 def _running_trial(study: optuna.Study, owner: dict | None, heartbeat: float | None = None):
     trial = study.ask({"optim.lr": FloatDistribution(1e-3, 1e-1, log=True)})
     if owner is not None:
-        study._storage.set_trial_user_attr(trial._trial_id, st.OWNER_ATTR, owner)
+        trial.set_user_attr(ow.OWNER_ATTR, owner)
     if heartbeat is not None:
-        study._storage.set_trial_user_attr(trial._trial_id, st.HEARTBEAT_ATTR, heartbeat)
+        trial.set_user_attr(ow.HEARTBEAT_ATTR, heartbeat)
     return trial
 
 
 def test_a_running_trial_is_stale_when_its_sweep_process_is_gone(tmp_path):
     study = optuna.create_study(storage=f"sqlite:///{tmp_path / 's.db'}")
-    me = st.me()
+    me = ow.me()
     now = time.time()
     mine = _running_trial(study, me)
     dead = _running_trial(study, {**me, "pid": _dead_pid()})
@@ -138,21 +160,19 @@ def test_a_running_trial_is_stale_when_its_sweep_process_is_gone(tmp_path):
     by_number = {t.number: t for t in study.get_trials(deepcopy=False)}
 
     def stale(trial, at=now):
-        return st.is_stale(by_number[trial.number], stale_after_s=300, now=at)
+        return ow.is_stale(by_number[trial.number], stale_after_s=300, now=at)
 
     assert not stale(mine) and stale(dead) and stale(reused)
     assert not stale(remote_fresh) and stale(remote_silent)
     assert not stale(unclaimed) and stale(unclaimed, at=now + 1000)  # asked, never handed out: after a while
 
 
-def _sweeper(tmp_path: Path, n_trials: int) -> tuple[osw.OptunaGridSweeper, osw.Cell]:
-    sweeper = osw.OptunaGridSweeper(search={"optim.lr": LR}, n_trials=n_trials)
-    sweeper.config = OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}}})
+def _cell(tmp_path: Path) -> Cell:
     study = optuna.create_study(study_name="cell", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
-    return sweeper, osw.Cell(job=gsw.PlannedJob([], tmp_path / "cell", "sig"), study=study, name="cell")
+    return Cell(job=PlannedJob([], tmp_path / "cell", "sig"), study=study, name="cell")
 
 
-def _seed_runs(study: optuna.Study, trial, tmp_path: Path, losses: dict[int, float | None]) -> None:
+def _seed_runs(trial, tmp_path: Path, losses: dict[int, float | None]) -> None:
     """Name the trial's runs (one per search seed) in its user attributes; write a record for each seed whose
     loss is not None (None: the run never finished)."""
     runs = []
@@ -161,57 +181,72 @@ def _seed_runs(study: optuna.Study, trial, tmp_path: Path, losses: dict[int, flo
         sig = f"s{trial.number}-{seed}"
         if loss is not None:
             run_dir.mkdir()
-            (run_dir / "run.json").write_text(json.dumps(_rec(sig=sig, valid_loss=loss)))
+            rec = _rec(sig=sig, valid_loss=loss, train_loss=2 * loss, valid_accuracy=1 - loss, span=seed - 999,
+                       updates=20)  # fmt: skip
+            (run_dir / "run.json").write_text(json.dumps(rec))
         runs.append({"seed": seed, "folder": run_dir.name, "run_dir": str(run_dir), "signature": sig})
-    study._storage.set_trial_user_attr(trial._trial_id, "runs", runs)
+    trial.set_user_attr("runs", runs)
 
 
 def test_stale_trials_are_settled_from_their_records_so_no_finished_run_is_lost(tmp_path):
-    sweeper, cell = _sweeper(tmp_path, n_trials=3)
-    study, dead = cell.study, {**st.me(), "pid": _dead_pid()}
+    cell = _cell(tmp_path)
+    study, dead = cell.study, {**ow.me(), "pid": _dead_pid()}
     finished = _running_trial(study, dead)  # its runs wrote complete records, then the sweep process died
-    _seed_runs(study, finished, tmp_path, {1000: 0.75, 1001: 1.25})
+    _seed_runs(finished, tmp_path, {1000: 0.75, 1001: 0.25})
     half = _running_trial(study, dead)  # one of its runs never wrote a record
-    _seed_runs(study, half, tmp_path, {1000: 0.5, 1001: None})
-    alive = _running_trial(study, st.me())  # still running in this (live) process: left alone
+    _seed_runs(half, tmp_path, {1000: 0.5, 1001: None})
+    alive = _running_trial(study, ow.me())  # still running in this (live) process: left alone
 
-    stale = [t for t in study.get_trials(deepcopy=False) if st.is_stale(t, 300)]
+    stale = [t for t in study.get_trials(deepcopy=False) if ow.is_stale(t, 300)]
     assert [t.number for t in stale] == [finished.number, half.number]
-    sweeper._recover(cell, stale)
+    _trials.recover(cell, stale, "valid_loss", tmp_path)
     trials = {t.number: t for t in study.get_trials(deepcopy=False)}
-    assert trials[finished.number].state == TrialState.COMPLETE and trials[finished.number].value == 1.0
-    assert trials[finished.number].user_attrs["values"] == {"1000": 0.75, "1001": 1.25}
+    done = trials[finished.number]
+    assert done.state == TrialState.COMPLETE and done.value == 0.5
+    assert done.user_attrs["values"] == {"1000": 0.75, "1001": 0.25}
+    # what the dashboard shows: the outcome, the runs' metrics (mean and per run), folders and signatures
+    assert done.user_attrs["status"] == "complete" and done.user_attrs["outcome"] == "recovered: complete"
+    assert done.user_attrs["train_loss"] == 1.0 and done.user_attrs["valid_accuracy"] == 0.5
+    assert done.user_attrs["span"] == 1.5 and done.user_attrs["updates"] == 20
+    assert [(r["seed"], r["status"], r["valid_loss"], r["signature"]) for r in done.user_attrs["runs"]] == [
+        (1000, "complete", 0.75, f"s{finished.number}-1000"),
+        (1001, "complete", 0.25, f"s{finished.number}-1001"),
+    ]
     # a mean over one seed would not compare with the others' means over two
     assert trials[half.number].state == TrialState.FAIL and trials[half.number].user_attrs["stale"]
     assert trials[alive.number].state == TrialState.RUNNING
-    counts = st.counts(list(trials.values()))
+    counts = oc.counts(list(trials.values()))
     assert counts["complete"] == 1 and counts["stale"] == 1 and counts["bad"] == 0  # stale: not a failed run
 
 
-def test_a_trial_asked_when_n_trials_are_complete_or_running_is_surplus_and_never_runs(tmp_path):
-    sweeper, cell = _sweeper(tmp_path, n_trials=2)
+def test_a_trial_asked_when_n_trials_are_finished_or_running_is_surplus_and_never_runs(tmp_path):
+    cell = _cell(tmp_path)
     study = cell.study
-    done = _running_trial(study, st.me())
+    done = _running_trial(study, ow.me())
     study.tell(done.number, 1.0)
-    _running_trial(study, st.me())  # the other process's last trial, running
-    late = _running_trial(study, st.me())  # asked by this process at the same moment
-    job = osw.TrialJob(cell, late.number, late._trial_id, {}, [])
-    assert sweeper._drop_surplus(cell, [job]) == []
+    _running_trial(study, ow.me())  # the other process's last trial, running
+    late = _running_trial(study, ow.me())  # asked by this process at the same moment
+    job = _trials.TrialJob(cell, late.number, asked_trial_id(late), {}, [])
+    assert _trials.drop_surplus(cell, [job], n_trials=2) == []
     late_trial = study.get_trials(deepcopy=False)[late.number]
     assert late_trial.state == TrialState.FAIL and late_trial.user_attrs["surplus"]
     # with a slot free, a trial is kept
-    sweeper.n_trials = 3
-    again = _running_trial(study, st.me())
-    job = osw.TrialJob(cell, again.number, again._trial_id, {}, [])
-    assert sweeper._drop_surplus(cell, [job]) == [job]
+    again = _running_trial(study, ow.me())
+    job = _trials.TrialJob(cell, again.number, asked_trial_id(again), {}, [])
+    assert _trials.drop_surplus(cell, [job], n_trials=3) == [job]
+    # a trial the pruner stopped takes a slot as a complete one does (a diverged one does not)
+    oc.tell(study, again.number, oc.Outcome(TrialState.PRUNED, None, "pruned", "pruned"))
+    last = _running_trial(study, ow.me())
+    job = _trials.TrialJob(cell, last.number, asked_trial_id(last), {}, [])
+    assert _trials.drop_surplus(cell, [job], n_trials=3) == []
 
 
 def test_journal_storage_urls_make_a_journal_file(tmp_path):
-    storage = st.make_storage(f"journal:{tmp_path / 'j' / 'studies.log'}")
+    storage = open_storage(f"journal:{tmp_path / 'j' / 'studies.log'}")
     study = optuna.create_study(study_name="j", storage=storage)
     study.tell(study.ask(), 1.0)
     assert (tmp_path / "j" / "studies.log").stat().st_size > 0
-    assert st.public_url("postgresql://u:secret@h/db") == "postgresql://u:***@h/db"
+    assert public_url("postgresql://u:secret@h/db") == "postgresql://u:***@h/db"
 
 
 # ------------------------------------------------------------------------------------------ command line
@@ -433,7 +468,7 @@ def pg_url() -> str:
         with sqlalchemy.create_engine(url).connect():
             pass
     except Exception as exc:
-        pytest.skip(f"PostgreSQL at {st.public_url(url)} does not answer: {exc}")
+        pytest.skip(f"PostgreSQL at {public_url(url)} does not answer: {exc}")
     return url
 
 
