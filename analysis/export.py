@@ -163,7 +163,7 @@ def read_records(root: str | Path, max_points: int | None = None) -> list[Record
         elapsed = max((float(df["time_s"].max()) for df in series.values() if "time_s" in df), default=0.0)
         records.append(
             Record(
-                run_id=str(row.run_id),
+                run_id=folder.name if row.run_id == "." else str(row.run_id),  # RESULTS_DIR is the run folder
                 folder=folder,
                 status=str(rec.get("status")),
                 signature=str(rec.get("signature") or ""),
