@@ -53,9 +53,11 @@ $(STAMP): pyproject.toml setup.py
 	$(call venv-install,$(VENV),$(PY),)
 	touch $(STAMP)
 
-# the dev tools go into the sweep's venv under its pins; tests/test_install.py checks the versions still match
+# the dev tools and the exporters the tests read back go into the sweep's venv under its pins;
+# tests/test_install.py checks that the versions still match
+TEST_EXTRAS := dev,tensorboard,mlflow
 $(TSTAMP): $(STAMP)
-	$(BIN)/pip install --quiet -c $(VENV)/sweep-pins.txt $(EDITABLE) '.[dev]'
+	$(BIN)/pip install --quiet -c $(VENV)/sweep-pins.txt $(EDITABLE) '.[$(TEST_EXTRAS)]'
 	touch $(TSTAMP)
 
 # The Ray launcher gets a venv of its own: hydra-ray-launcher caps cloudpickle < 3, which holds joblib at 1.5.x,
@@ -67,10 +69,10 @@ $(TSTAMP): $(STAMP)
 	.venv-ray/bin/pip install --quiet $(EDITABLE) '.[dev,ray]'
 	touch $@
 
-# one venv per Python for test-pythons (the project and the dev tools, under the project's pins)
+# one venv per Python for test-pythons (the project, then the test extras under the project's pins)
 .venv-%/.installed-test: pyproject.toml setup.py
 	@test -n "$(call pyexe,$*)" || { echo "no python$* found (pyenv: ~/.pyenv/versions/$*.*; or on PATH)"; exit 2; }
-	$(call venv-install,.venv-$*,$(call pyexe,$*),dev)
+	$(call venv-install,.venv-$*,$(call pyexe,$*),$(TEST_EXTRAS))
 	touch $@
 
 install: $(STAMP)  ## create .venv and install the project (torch build: TORCH=auto|cpu|cuda)
