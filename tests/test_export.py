@@ -321,3 +321,12 @@ def test_without_the_extra_the_command_names_it_and_exits_2(results, target):
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
     assert lines == [f"error: --to {target} needs the {target} extra: pip install 'rnn-sweep[{target}]'"]
     assert sorted(p.name for p in results.iterdir()) == sorted(PICK)  # nothing written
+
+
+def test_mlflow_tracking_uri_from_the_environment_when_none_is_given(results, tmp_path, monkeypatch):
+    pytest.importorskip("mlflow")
+    uri = f"sqlite:///{tmp_path / 'env.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    assert main(["--to", "mlflow", str(results)]) == 0
+    assert not (results / "mlflow.db").exists()  # the environment's store, not the default one
+    assert sorted(r.info.run_name for r in _runs(_client(uri), "echo")) == sorted(PICK)
