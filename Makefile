@@ -8,8 +8,9 @@ RESULTS ?= results
 ARGS    ?=
 
 # Which torch build: auto = cpu on a machine without an NVIDIA driver (no nvidia-smi), else cuda.
-#   cpu  = PyTorch's CPU wheel index as an extra index (about 200 MB on Linux instead of several GB of CUDA
-#          libraries); pip still takes a matching wheel from its find-links or PyPI when that index is unreachable.
+#   cpu  = PyTorch's CPU wheel index as an extra index (a 190 MB wheel on Linux instead of several GB of CUDA
+#          libraries). Where that index cannot be reached, pip takes torch from its find-links or from PyPI (whose
+#          Linux build is the CUDA one): the README says what this gives on which machine.
 #   cuda = PyPI's default build (CUDA on Linux; on macOS and Windows PyPI's build is the CPU one anyway).
 TORCH           ?= auto
 TORCH_VERSION   ?= 2.13.0
