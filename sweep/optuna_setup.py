@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import inspect
 import math
+import re
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -97,7 +99,9 @@ def resolve_class(spec: Any, module: Any, suffix: str, field: str) -> tuple[type
 
 def _allowed(module: Any, suffix: str) -> str:
     names = sorted(
-        n.removesuffix(suffix).lower() for n in getattr(module, "__all__", dir(module)) if n.endswith(suffix)
+        re.sub(r"(?<=[a-z])(?=[A-Z])", "_", n.removesuffix(suffix)).lower()
+        for n in getattr(module, "__all__", dir(module))
+        if n.endswith(suffix) and not n.startswith("Base")
     )
     return (
         f"must name an Optuna {suffix.lower()} ({', '.join(names)}), or be {{_target_: <class path>, <keyword>: ...}}"
@@ -109,7 +113,9 @@ def build(cls: type, kwargs: dict[str, Any], base: type, field: str) -> Any:
     from hydra.utils import instantiate
 
     try:
-        obj = instantiate({"_target_": f"{cls.__module__}.{cls.__qualname__}", **kwargs}, _convert_="all")
+        with warnings.catch_warnings():  # chosen on purpose: no "experimental" warning in every sweep's log
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            obj = instantiate({"_target_": f"{cls.__module__}.{cls.__qualname__}", **kwargs}, _convert_="all")
     except Exception as exc:
         cause = exc.__cause__ or exc
         first = str(cause).splitlines()[0] if str(cause) else type(cause).__name__

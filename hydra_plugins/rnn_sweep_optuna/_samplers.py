@@ -10,7 +10,6 @@ own seed derived from sampler_seed and the study's hash, so cells do not draw th
 from __future__ import annotations
 
 import inspect
-import warnings
 from typing import Any
 
 import optuna
@@ -42,9 +41,7 @@ def make_sampler(
         # a rerun must not redraw the points it drew before, except for a sampler that continues its sequence
         offset = 0 if issubclass(cls, SEQUENCE_SAMPLERS) else n_existing
         kwargs["seed"] = (base_seed * 1_000_003 + int(digest, 16) + offset) % 2**31
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return build(cls, kwargs, optuna.samplers.BaseSampler, FIELD)
+    return build(cls, kwargs, optuna.samplers.BaseSampler, FIELD)
 
 
 def describe(spec: Any) -> str:
