@@ -29,6 +29,7 @@ from matplotlib.colors import LogNorm
 
 from analysis import tables
 from analysis.load import lag_columns
+from sweep.record import COMPLETE
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +49,7 @@ class Figure:
     caption: str
     fig: plt.Figure | None = None
     skipped: str = ""  # why there is no figure
+    data: pd.DataFrame | None = None  # the numbers drawn (means, annotations): what a test or a reader checks
     _png: bytes | None = None
 
     def save(self, folder: Path) -> Path:
@@ -83,6 +85,7 @@ class Data:
     speed: pd.DataFrame | None = None  # speed.parquet (the speed phase), None without one
     lr_search: dict | None = None  # lr_search.json
     ttt: pd.DataFrame | None = None  # tables.time_to_target (per grid point)
+    selection: pd.DataFrame | None = None  # records that chose an lr (search candidates, tuning trials)
 
 
 # ------------------------------------------------------------------------------------------------- helpers
@@ -523,38 +526,147 @@ def held_out_curves(data: Data) -> Figure:
     for ax in g.axes.flat:
         ax.set_xscale("log")
     g.legend.set_title("")
-    return Figure(name, title, caption, _finish(g, title, "tokens seen (log scale)", ""))
+    # one line per split (budget) x cell x batch size x num_steps: the mean over seeds at each evaluation
+    drawn = (
+        long.groupby(["split", "cell", "batch size", "num_steps", "measure", "tokens"], observed=True)["value"]
+        .agg(mean="mean", seeds="count")
+        .reset_index()
+        .rename(columns={"batch size": "batch_size"})
+    )
+    return Figure(name, title, caption, _finish(g, title, "tokens seen (log scale)", ""), data=drawn)
+
+
+def heatmap_values(runs: pd.DataFrame) -> pd.DataFrame:
+    """What the heatmap shows per (split, cell, num_steps, batch_size): the mean over seeds of the final held-out
+    accuracy (echo, lags) or, for text (whose accuracy says little) and runs without an accuracy, the final
+    held-out loss. Complete runs only; `outcome` names which, `seeds` how many runs the mean is over."""
+    df = runs[runs["status"] == COMPLETE].copy()
+    if df.empty:
+        return pd.DataFrame(columns=["split", "cell", "num_steps", "batch_size", "outcome", "mean", "seeds"])
+    acc = pd.to_numeric(df.get("valid_accuracy"), errors="coerce")
+    loss = pd.to_numeric(df.get("valid_loss"), errors="coerce")
+    text = df["task"].astype(str).eq("text")
+    # one outcome per split: a split whose every run has an accuracy (and is not text) shows accuracy
+    use_acc = (~text & acc.notna()).groupby(df["split"]).transform("all")
+    df["outcome"] = np.where(use_acc, "valid_accuracy", "valid_loss")
+    df["value"] = np.where(use_acc, acc, loss)
+    df = df[np.isfinite(df["value"].astype(float))]
+    out = (
+        df.groupby(["split", "cell", "num_steps", "batch_size", "outcome"], observed=True)["value"]
+        .agg(mean="mean", seeds="count")
+        .reset_index()
+    )
+    return out
 
 
 def accuracy_heatmap(data: Data) -> Figure:
-    name, title = "accuracy_heatmap", "Final held-out accuracy over batch_size × num_steps (mean over seeds)"
+    name, title = "accuracy_heatmap", "Final held-out accuracy (text: loss) over batch_size × num_steps"
     caption = (
-        "Echo: accuracy at its lag; lags: mean accuracy over its lags. One panel per cell and setting (the "
-        "setting names the budget). Chance is 1/vocabulary."
+        "Mean over seeds, written in each cell. Echo: accuracy at its lag; lags: mean accuracy over its lags "
+        "(chance is 1/vocabulary); text: held-out loss in nats (lower is better). One panel per cell and "
+        "setting: the setting names the budget, so equal tokens and equal updates are never mixed."
     )
-    df = data.runs[(data.runs["status"] == "complete") & data.runs["valid_accuracy"].notna()]
-    if df.empty:
-        return _skip(name, title, caption, "no complete run recorded a held-out accuracy")
-    means = df.groupby(["split", "cell", "num_steps", "batch_size"], observed=True)["valid_accuracy"].mean()
-    splits, cells = sorted(df["split"].unique()), _cells(df)
+    values = heatmap_values(data.runs)
+    if values.empty:
+        return _skip(name, title, caption, "no complete run recorded a held-out accuracy or loss")
+    splits, cells = sorted(values["split"].unique()), _cells(values)
     fig, axes = plt.subplots(len(splits), len(cells), figsize=(4.0 * len(cells) + 1, 3.3 * len(splits)),
                              squeeze=False)  # fmt: skip
     for i, split in enumerate(splits):
         for j, cell in enumerate(cells):
             ax = axes[i][j]
-            try:
-                table = means.loc[(split, cell)].unstack("batch_size").sort_index(ascending=False)
-            except KeyError:
+            part = values[(values["split"] == split) & (values["cell"] == cell)]
+            if part.empty:
                 ax.set_axis_off()
                 continue
-            sns.heatmap(table, ax=ax, vmin=0, vmax=1, cmap="viridis", annot=True, fmt=".2f", linewidths=0.5,
-                        cbar=j == len(cells) - 1, cbar_kws={"label": "held-out accuracy"})  # fmt: skip
+            table = part.pivot(index="num_steps", columns="batch_size", values="mean").sort_index(ascending=False)
+            table.index = [int(v) for v in table.index]
+            table.columns = [int(v) for v in table.columns]
+            accuracy = part["outcome"].iloc[0] == "valid_accuracy"
+            sns.heatmap(table, ax=ax, vmin=0 if accuracy else None, vmax=1 if accuracy else None,
+                        cmap="viridis" if accuracy else "viridis_r", annot=True, fmt=".2f", linewidths=0.5,
+                        cbar_kws={"label": "held-out accuracy" if accuracy else "held-out loss (nats)"})  # fmt: skip
             ax.set_title(f"{cell}\n" + "\n".join(textwrap.wrap(split, 44)), fontsize=8)
             ax.set_xlabel("batch size")
             ax.set_ylabel("num_steps" if j == 0 else "")
     fig.tight_layout()
-    _suptitle(fig, _with_setting(title, df))
-    return Figure(name, title, caption, fig)
+    _suptitle(fig, _with_setting(title, values))
+    return Figure(name, title, caption, fig, data=values)
+
+
+def lr_sensitivity_values(data: Data) -> pd.DataFrame:
+    """Final held-out objective against lr per (task, cell, batch_size, num_steps): from lr_search.json's table
+    (every search run, grid or Optuna sweeper), else from the selection records themselves (lr search
+    candidates, tuning trials). Mean over seeds; `chosen` marks the lr the search picked for that group."""
+    cols = ["task", "cell", "batch_size", "num_steps", "lr", "mean", "seeds", "objective", "chosen", "source"]
+    search = data.lr_search or {}
+    rows = pd.DataFrame(search.get("table") or [])
+    objective = str(search.get("objective") or "valid_loss")
+    source = "lr_search.json"
+    if rows.empty or not {"cell", "batch_size", "lr", "objective"} <= set(rows.columns):
+        sel = data.selection if data.selection is not None else pd.DataFrame()
+        if sel.empty or "cfg.optim.lr" not in sel:
+            return pd.DataFrame(columns=cols)
+        sel = sel[sel["status"] == COMPLETE]
+        rows = pd.DataFrame({
+            "task": sel["task"], "cell": sel["cell"], "batch_size": sel["batch_size"], "num_steps": sel["num_steps"],
+            "lr": sel["cfg.optim.lr"], "objective": sel["valid_loss"], "status": sel["status"],
+        })  # fmt: skip
+        objective, source = "valid_loss", "selection records"
+    else:
+        rows = rows[rows.get("status", pd.Series(COMPLETE, index=rows.index)) == COMPLETE]
+    for col in ("task", "num_steps"):
+        if col not in rows:
+            rows[col] = np.nan if col == "num_steps" else "?"
+    rows = rows.assign(
+        lr=pd.to_numeric(rows["lr"], errors="coerce"), objective=pd.to_numeric(rows["objective"], errors="coerce")
+    ).dropna(subset=["lr", "objective"])
+    if rows.empty:
+        return pd.DataFrame(columns=cols)
+    keys = ["task", "cell", "batch_size", "num_steps"]
+    out = rows.groupby([*keys, "lr"], dropna=False)["objective"].agg(mean="mean", seeds="count").reset_index()
+    # the lr the search chose for the group; without a chosen list, the lowest mean
+    chosen = {
+        (c.get("task"), c.get("cell"), int(c["batch_size"])): float(c["lr"])
+        for c in search.get("chosen") or []
+        if c.get("batch_size") is not None and c.get("lr") is not None
+    }
+    if chosen:
+        picked = [chosen.get((r.task, r.cell, int(r.batch_size))) for r in out.itertuples()]
+        out["chosen"] = [p is not None and np.isclose(p, lr) for p, lr in zip(picked, out["lr"], strict=True)]
+    else:
+        out["chosen"] = out["mean"] == out.groupby(keys, dropna=False)["mean"].transform("min")
+    return out.assign(objective=objective, source=source)[cols]
+
+
+def lr_sensitivity(data: Data) -> Figure:
+    name, title = "lr_sensitivity", "Learning-rate sensitivity: final held-out objective against lr"
+    caption = (
+        "Per cell: every learning rate an lr search or tuning study tried, the final held-out objective (loss "
+        "in nats unless the search says otherwise) averaged over its seeds, one line per batch size; the "
+        "circled point is the lr chosen for that batch size. A flat curve near the chosen lr means the "
+        "comparison between batch sizes does not hinge on the lr grid."
+    )
+    values = lr_sensitivity_values(data)
+    if values.empty:
+        return _skip(name, title, caption, "no lr search table (lr_search.json) and no lr-search or tuning records")
+    plot = values.assign(**{"batch size": values["batch_size"].astype(int)})
+    plot["panel"] = plot["task"].astype(str)
+    g = sns.relplot(
+        data=plot, x="lr", y="mean", hue="batch size", palette=_hue_palette(plot["batch size"]), col="cell",
+        col_order=_cells(plot), row="panel" if plot["panel"].nunique() > 1 else None, kind="line", marker="o",
+        errorbar=None, height=3.0, aspect=1.2, facet_kws={"sharey": False},
+    )  # fmt: skip
+    for key, ax in g.axes_dict.items():
+        cell = key[-1] if isinstance(key, tuple) else key
+        picked = plot[(plot["cell"] == cell) & plot["chosen"]]
+        if isinstance(key, tuple):
+            picked = picked[picked["panel"] == key[0]]
+        ax.scatter(picked["lr"], picked["mean"], s=140, facecolors="none", edgecolors="black", zorder=5)
+        ax.set_xscale("log")
+    g.legend.set_title("batch size")
+    ylabel = f"final held-out {values['objective'].iloc[0]}"
+    return Figure(name, title, caption, _finish(g, title, "learning rate (log scale)", ylabel), data=values)
 
 
 def noise_scale_fig(data: Data) -> Figure:
@@ -593,6 +705,7 @@ BUILDERS: list[Callable[[Data], Figure]] = [
     speed_phase,
     time_to_target_fig,
     lr_vs_batch,
+    lr_sensitivity,
     held_out_curves,
     accuracy_heatmap,
     noise_scale_fig,

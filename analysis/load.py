@@ -272,6 +272,7 @@ def _flatten(rec: dict[str, Any], folder: Path, root: Path, series: dict[str, bo
         "launcher",
         "torch",
         "python",
+        "git_commit",  # the code that wrote the record: a results table names it
     ):
         row[f"env.{key}"] = env.get(key)
     for key, value in (env.get("versions") or {}).items():

@@ -19,7 +19,7 @@ from typing import Any
 import pandas as pd
 
 from analysis import figures as figs
-from analysis import tables
+from analysis import readme, tables
 from analysis.load import Results, load_results, load_series
 from analysis.thresholds import DEFAULT_FILE, load_thresholds
 from analysis.verdicts import Verdict, judge, split_table, verdict_table
@@ -87,9 +87,12 @@ def build_report(
         speed=results.speed,
         lr_search=results.lr_search,
         ttt=ttt,
+        selection=runs[runs["selection"].astype(bool)] if "selection" in runs else None,
     )
     figures = figs.build_all(data)
     _write_tables(out, c, data.profiles)
+    # the README's results block is generated from this file (python -m analysis.readme), never copied by hand
+    (out / readme.TABLE_FILE).write_text(readme.results_table(runs, source=results.root.name))
 
     fig_dir = out / "figures"
     for f in figures:
