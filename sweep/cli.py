@@ -119,6 +119,8 @@ def _results_dirs_from_argv(argv: list[str]) -> list[str]:
     empty when they cannot be known here, so Hydra reports any problem with the command line itself."""
     if any(a.split("=", 1)[0] in _NO_PRECHECK_FLAGS for a in argv):
         return []
+    if any(a.lower() == "hydra.sweeper.dry_run=true" for a in argv):  # a dry run writes nothing, not even a probe
+        return []
     from hydra import compose, initialize_config_dir
     from hydra.core.override_parser.overrides_parser import OverridesParser
 

@@ -110,7 +110,7 @@ def sweep_status(sweep_dir: Path) -> list[dict[str, Any]]:
 
 def totals_line(counts: Counter, total: int) -> str:
     parts = [f"{counts.get(s, 0)} {s}" for s in SHOWN if counts.get(s, 0) or s in (COMPLETE, FAILED, MISSING)]
-    return f"{total} points: {', '.join(parts)}"
+    return f"{total} point{'' if total == 1 else 's'}: {', '.join(parts)}"
 
 
 def render(rows: list[dict[str, Any]], per_point: bool = True) -> str:
