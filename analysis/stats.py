@@ -57,6 +57,15 @@ def welch_diff_ci(a: Any, b: Any, confidence: float) -> tuple[float, float, floa
     return diff, diff - half, diff + half
 
 
+def paired_by_round(g: pd.DataFrame, small: float, big: float, col: str) -> tuple[pd.Series, pd.Series]:
+    """Values of `col` at batch sizes `big` and `small`, aligned by round (speed-phase rounds are interleaved
+    round-robin passes, so the two batch sizes of one round shared the machine's state): (big, small)."""
+    a = g[g["batch_size"] == big].set_index("round")[col]
+    b = g[g["batch_size"] == small].set_index("round")[col]
+    common = a.index.intersection(b.index)
+    return a.loc[common], b.loc[common]
+
+
 def log_ratio_ci(num: Any, den: Any, confidence: float, paired: bool) -> tuple[float, float, float, int]:
     """Ratio of geometric means num/den with a t-interval on the log scale: (ratio, low, high, n).
 

@@ -28,7 +28,7 @@ from sweep.record import COMPLETE, JUDGED_STATUSES
 SUPPORTED, REFUTED, MIXED, INCONCLUSIVE = "supported", "refuted", "mixed", "inconclusive"
 FINISHED = JUDGED_STATUSES  # sweep.record: the statuses a verdict reads (a pruned trial never is)
 SPLIT_COLUMNS = ("task_label", "budget", "protocol", "variant")
-NO_SPEED = "no speed phase: tokens/s of training runs were timed under load"
+NO_SPEED = say.REASONS["no_speed"]  # the sentence, for callers that look for it
 DECIDING_COLUMNS = ["split", "folder", "why"]
 UNINFORMATIVE_COLUMNS = ["split", "group", "reason"]
 
@@ -41,59 +41,9 @@ class Claim:
     comparison: str
 
 
-CLAIMS = {
-    c.id: c
-    for c in (
-        Claim(
-            "C1",
-            "batch size mainly buys speed: more parallel rows per step, higher throughput",
-            "speed-phase tokens/s (each point timed alone, rounds interleaved); what batch size does to learning (C2)",
-            "per cell × num_steps: log-log slope of tokens/s on batch size (t-interval over rounds) and largest/"
-            "smallest batch ratio (t-interval on paired-by-round log ratios); then C2's verdict in the split",
-        ),
-        Claim(
-            "C2",
-            "batch size does not change what the network learns (“their loss is usually very close”)",
-            "final held-out loss (nats), accuracy (points), memory capacity (lags recalled)",
-            "TOST equivalence of largest vs smallest batch size within each cell × num_steps (90 % Welch "
-            "interval of the absolute difference inside ±margin); groups at chance are uninformative",
-        ),
-        Claim(
-            "C3",
-            "batch_size=4 is about 4 times faster than batch_size=1",
-            "speed-phase tokens/s",
-            "t-interval of the paired-by-round log ratio tokens/s(4b)/tokens/s(b) per cell × num_steps: inside, "
-            "outside or straddling the band around 4",
-        ),
-        Claim(
-            "C4",
-            "num_steps sets how long a dependency the network learns",
-            "memory capacity from the per-lag accuracy curve; recalled span vs num_steps",
-            "(a) growth at equal tokens: Spearman ρ vs num_steps per cell × batch_size, permutation p; (b) bound: "
-            "share of runs whose span exceeds num_steps",
-        ),
-        Claim(
-            "C5",
-            "a large num_steps can make gradients explode",
-            "log-log slope of a window's gradient norm against window length at fixed parameters (trained and "
-            "initial net); clip fraction; diverged runs",
-            "t-interval over seeds of the slope per grid point vs a minimum slope; divergences by num_steps",
-        ),
-        Claim(
-            "C6",
-            "so: choose num_steps by the dependency length, batch_size by the hardware and data",
-            "the verdicts of C1, C2 and C4 at equal tokens",
-            "supported only where C1, C2 and C4 all are; refuted where one of them is",
-        ),
-        Claim(
-            "C7",
-            "batch_size=1 is cheap per update but very erratic",
-            "update-to-update loss jitter in nats (loss_jitter); speed-phase µs per update",
-            "Welch t-interval of the log jitter ratio batch 1 / batch b per cell × num_steps vs a minimum factor; "
-            "paired-by-round µs/update ratio batch 1 / batch 4",
-        ),
-    )
-}
+CLAIM_IDS = ("C1", "C2", "C3", "C4", "C5", "C6", "C7")
+# What each claim says, what is measured and how it is compared: prose, written in analysis/wording.py.
+CLAIMS = {cid: Claim(cid, *say.CLAIM_TEXT[cid]) for cid in CLAIM_IDS}
 
 
 @dataclass
@@ -103,7 +53,8 @@ class SplitResult:
     details: pd.DataFrame = field(default_factory=pd.DataFrame)
     deciding: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=["folder", "why"]))
     uninformative: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=["group", "reason"]))
-    reason: str | None = None  # why the split is inconclusive, when it is for want of evidence
+    reason: str | None = None  # why the split is inconclusive, when it is for want of evidence (wording.reason)
+    reason_code: str | None = None  # which reason (a key of wording.REASONS)
 
 
 @dataclass
@@ -118,8 +69,16 @@ class Verdict:
     uninformative: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=UNINFORMATIVE_COLUMNS))
 
 
-def _inconclusive(reason: str, **kw: Any) -> SplitResult:
-    return SplitResult(INCONCLUSIVE, reason=reason, **kw)
+Why = tuple[str, dict[str, Any]]  # (reason code, the numbers its sentence quotes): analysis/wording.py REASONS
+
+
+def _why(code: str, **values: Any) -> Why:
+    return code, values
+
+
+def _inconclusive(why: Why, **kw: Any) -> SplitResult:
+    code, values = why
+    return SplitResult(INCONCLUSIVE, reason=say.reason(code, **values), reason_code=code, **kw)
 
 
 # ------------------------------------------------------------------------------------------------- the table
@@ -184,17 +143,14 @@ def _family(df: pd.DataFrame) -> str:
     return str(tasks[0]) if len(tasks) == 1 else "default"
 
 
-def _seeds_short(df: pd.DataFrame, th: dict[str, Any], statuses: tuple[str, ...] = (COMPLETE,)) -> str | None:
+def _seeds_short(df: pd.DataFrame, th: dict[str, Any], statuses: tuple[str, ...] = (COMPLETE,)) -> Why | None:
     """Why this split cannot answer for want of seeds, or None."""
     d = df[df["status"].isin(statuses)]
     if d.empty:
-        return "no complete runs"
+        return _why("no_complete_runs")
     seeds = d.groupby(["cell", "batch_size", "num_steps"], observed=True)["seed"].nunique().median()
     if seeds < th["min_seeds"]:
-        return (
-            f"only {seeds:g} seed(s) per grid point (need {th['min_seeds']} for a t-interval; a percentile "
-            "interval of fewer values is not a 95 % CI)"
-        )
+        return _why("few_seeds", seeds=float(seeds), need=th["min_seeds"])
     return None
 
 
@@ -243,14 +199,6 @@ def prepare_speed(speed: pd.DataFrame | None) -> pd.DataFrame | None:
     return sp
 
 
-def _paired(g: pd.DataFrame, small: float, big: float, col: str) -> tuple[pd.Series, pd.Series]:
-    """Values of `col` at two batch sizes aligned by round (rounds are interleaved round-robin passes)."""
-    a = g[g["batch_size"] == big].set_index("round")[col]
-    b = g[g["batch_size"] == small].set_index("round")[col]
-    common = a.index.intersection(b.index)
-    return a.loc[common], b.loc[common]
-
-
 def speed_points(sp: pd.DataFrame, th: dict[str, Any]) -> pd.DataFrame:
     """Per (task, cell, num_steps): log-log slope of tokens/s on batch size, largest/smallest batch ratio
     (paired-by-round t-interval on log ratios) and the round-to-round CV of each batch size."""
@@ -262,7 +210,7 @@ def speed_points(sp: pd.DataFrame, th: dict[str, Any]) -> pd.DataFrame:
         if len(sizes) < 2 or rounds.min() < th["speed"]["min_rounds"]:
             continue
         slope, s_lo, s_hi, _ = stats.loglog_slope(g["batch_size"], g["tokens_per_s"], conf)
-        big, small = _paired(g, sizes[0], sizes[-1], "tokens_per_s")
+        big, small = stats.paired_by_round(g, sizes[0], sizes[-1], "tokens_per_s")
         ratio, r_lo, r_hi, n = stats.log_ratio_ci(big, small, conf, paired=True)
         cvs = g.groupby("batch_size")["tokens_per_s"].apply(stats.cv)
         rows.append(
@@ -290,7 +238,7 @@ def speed_points(sp: pd.DataFrame, th: dict[str, Any]) -> pd.DataFrame:
 def judge_c1(points: pd.DataFrame, c2: SplitResult, th: dict[str, Any]) -> SplitResult:
     """Throughput rises with batch size at (nearly) every point AND batch size leaves learning alone (C2)."""
     if points.empty:
-        return _inconclusive("the speed phase has no cell × num_steps point with two batch sizes timed")
+        return _inconclusive(_why("speed_no_pairs"))
     n, faster = len(points), int(points["faster"].sum())
     share = faster / n
     need = th["c1"]["min_fraction_faster"]
@@ -334,7 +282,7 @@ def c2_outcomes(d: pd.DataFrame, th: dict[str, Any]) -> list[tuple[str, float, s
     return out
 
 
-def at_chance(g: pd.DataFrame, th: dict[str, Any]) -> str | None:
+def at_chance(g: pd.DataFrame, th: dict[str, Any]) -> Why | None:
     """Why a group learned nothing at any of its batch sizes (so equal outcomes say nothing), or None.
 
     echo/lags: every batch size's accuracy interval lies below chance + margin. Text: a language model beats
@@ -351,7 +299,7 @@ def at_chance(g: pd.DataFrame, th: dict[str, Any]) -> str | None:
         loss_margin = th["c2"]["loss_margin"].get("text", th["c2"]["loss_margin"]["default"])
         means = _num(g, "valid_loss").groupby(g["batch_size"]).mean()
         if not means.empty and (means >= ln_v - loss_margin).all():
-            return f"every batch size at the uniform-guess loss ln V = {ln_v:.2f} nats"
+            return _why("uniform_guess", ln_v=ln_v)
         return None
     acc = _num(g, "valid_accuracy")
     if acc.isna().all():
@@ -361,7 +309,7 @@ def at_chance(g: pd.DataFrame, th: dict[str, Any]) -> str | None:
         mean, _, high, _ = stats.t_interval(b["_acc"], conf)
         uppers.append(high if np.isfinite(high) else mean)
     if all(u < level + margin for u in uppers):
-        return f"every batch size at chance (accuracy upper bound < {level + margin:.2f})"
+        return _why("at_chance", bound=level + margin)
     return None
 
 
@@ -371,7 +319,7 @@ def judge_c2(df: pd.DataFrame, th: dict[str, Any]) -> SplitResult:
         return _inconclusive(reason)
     d = df[df["status"] == COMPLETE]
     if d["batch_size"].nunique() < th["min_levels"]:
-        return _inconclusive(f"only {d['batch_size'].nunique()} batch size(s)")
+        return _inconclusive(_why("few_batch_sizes", n=d["batch_size"].nunique()))
     outcomes = c2_outcomes(d, th)
     alpha = float(th["alpha"])
     rows, unin = [], []
@@ -383,11 +331,11 @@ def judge_c2(df: pd.DataFrame, th: dict[str, Any]) -> SplitResult:
         small, big = sizes[0], sizes[-1]
         seeds = g.groupby("batch_size")["seed"].nunique()
         if seeds[[small, big]].min() < th["min_seeds"]:
-            unin.append((group, f"fewer than {th['min_seeds']} seeds at batch {small:g} or {big:g}"))
+            unin.append((group, say.reason("few_seeds_at_batch", need=th["min_seeds"], small=small, big=big)))
             continue
         why = at_chance(g, th)
         if why:
-            unin.append((group, why))
+            unin.append((group, say.reason(why[0], **why[1])))
             continue
         states = []
         for col, margin, unit in outcomes:
@@ -426,9 +374,7 @@ def judge_c2(df: pd.DataFrame, th: dict[str, Any]) -> SplitResult:
     details = pd.DataFrame(rows)
     uninformative = pd.DataFrame(unin, columns=["group", "reason"])
     if details.empty:
-        return _inconclusive(
-            "no informative cell × num_steps group (see the uninformative groups)", uninformative=uninformative
-        )
+        return _inconclusive(_why("no_informative_c2_group"), uninformative=uninformative)
     groups = details.drop_duplicates("group")
     n = len(groups)
     n_eq = int((groups["group_state"] == "equivalent").sum())
@@ -466,12 +412,12 @@ def judge_c3(sp: pd.DataFrame, th: dict[str, Any]) -> SplitResult:
     sizes = sorted(sp["batch_size"].unique())
     pairs = [(b, b * target) for b in sizes if b * target in sizes]
     if not pairs:
-        return _inconclusive(f"the speed phase has no pair of batch sizes b and {target:g}·b")
+        return _inconclusive(_why("speed_no_ratio_pair", target=target))
     small, big = pairs[0]
     band = (target * (1 - c["tolerance"]), target * (1 + c["tolerance"]))
     rows = []
     for (_, cell, ns), g in sp.groupby(["sweep", "cell", "num_steps"], observed=True):
-        a, b = _paired(g, small, big, "tokens_per_s")
+        a, b = stats.paired_by_round(g, small, big, "tokens_per_s")
         if len(a) < th["speed"]["min_rounds"]:
             continue
         ratio, low, high, n = stats.log_ratio_ci(a, b, conf, paired=True)
@@ -494,7 +440,7 @@ def judge_c3(sp: pd.DataFrame, th: dict[str, Any]) -> SplitResult:
         )
     details = pd.DataFrame(rows)
     if details.empty:
-        return _inconclusive(f"no cell × num_steps point timed batch {small:g} and {big:g} in enough rounds")
+        return _inconclusive(_why("speed_too_few_rounds", small=small, big=big))
     counted = details[~details["superlinear"]]
     n = len(counted)
     k = {s: int((counted["state"] == s).sum()) for s in ("inside", "outside", "straddling")}
@@ -554,7 +500,7 @@ def c4_length(d: pd.DataFrame) -> tuple[pd.Series, str]:
 def judge_c4_growth(d: pd.DataFrame, th: dict[str, Any]) -> tuple[str, dict[str, Any], list, list]:
     c = th["c4"]
     if not str(d["budget_kind"].iloc[0]).startswith("tokens"):
-        return INCONCLUSIVE, {"growth_reason": "growth is judged at equal tokens only"}, [], []
+        return INCONCLUSIVE, {"growth_reason": "growth_equal_tokens_only"}, [], []
     length, name = c4_length(d)
     d = d.assign(_len=length)
     lag = longest_lag(d)
@@ -564,14 +510,14 @@ def judge_c4_growth(d: pd.DataFrame, th: dict[str, Any]) -> tuple[str, dict[str,
         if g["num_steps"].nunique() < th["min_levels"]:
             continue
         if g.groupby("num_steps")["seed"].nunique().min() < th["min_seeds"]:
-            unin.append((group, f"fewer than {th['min_seeds']} seeds at some num_steps"))
+            unin.append((group, say.reason("few_seeds_at_num_steps", need=th["min_seeds"])))
             continue
         if np.isfinite(lag) and g["num_steps"].min() > lag:
-            unin.append((group, f"every num_steps exceeds the longest lag tested ({lag:g}): growth cannot show"))
+            unin.append((group, say.reason("beyond_longest_lag", lag=lag)))
             continue
         means = g.groupby("num_steps")["_len"].mean()
         if (means < c["min_length"]).all():
-            unin.append((group, f"nothing learned at any num_steps ({name} < {c['min_length']:g})"))
+            unin.append((group, say.reason("nothing_learned", measure=name, floor=c["min_length"])))
             continue
         rho, p = stats.spearman_permutation(
             g["num_steps"], g["_len"], int(th["n_resamples"]), int(th["bootstrap_seed"])
@@ -594,7 +540,7 @@ def judge_c4_growth(d: pd.DataFrame, th: dict[str, Any]) -> tuple[str, dict[str,
             }
         )
     if not rows:
-        return INCONCLUSIVE, {"growth_reason": "no informative cell × batch_size group"}, rows, unin
+        return INCONCLUSIVE, {"growth_reason": "no_informative_c4_group"}, rows, unin
     n, k = len(rows), sum(r["grows"] for r in rows)
     return (
         by_fractions(k, n - k, n, th),
@@ -609,7 +555,7 @@ def judge_c4_bound(d: pd.DataFrame, th: dict[str, Any]) -> tuple[str, dict[str, 
     span = _num(d, "span")
     runs = d.assign(span_value=span)[span.notna()]
     if runs.empty:
-        return INCONCLUSIVE, {"bound_reason": "no recalled span"}, runs
+        return INCONCLUSIVE, {"bound_reason": "no_span"}, runs
     excess = runs["span_value"] - runs["num_steps"]
     over = runs[excess > 0]
     share = len(over) / len(runs)
@@ -645,7 +591,7 @@ def judge_c4(df: pd.DataFrame, th: dict[str, Any]) -> SplitResult:
         return _inconclusive(reason)
     d = df[df["status"] == COMPLETE]
     if d["num_steps"].nunique() < th["min_levels"]:
-        return _inconclusive(f"only {d['num_steps'].nunique()} value(s) of num_steps")
+        return _inconclusive(_why("few_num_steps", n=d["num_steps"].nunique()))
     growth, gnum, grows, unin = judge_c4_growth(d, th)
     bound, bnum, over = judge_c4_bound(d, th)
     if growth == REFUTED or (bound == REFUTED and growth != SUPPORTED):
@@ -678,7 +624,7 @@ def judge_c5(df: pd.DataFrame, th: dict[str, Any]) -> SplitResult:
     m = c5_measure(d)
     diverged = d["status"] == "diverged"
     if m["slope"].notna().sum() == 0 and not diverged.any():
-        return _inconclusive("measure missing: the records have no gradient-growth slope (growth_slope)")
+        return _inconclusive(_why("no_growth_slope"))
     conf, floor = float(th["confidence"]), float(th["c5"]["min_slope"])
     d = d.assign(_slope=m["slope"], _initial=m["initial"], _clip=_num(d, "clip_fraction"))
     rows = []
@@ -720,7 +666,7 @@ def judge_c5(df: pd.DataFrame, th: dict[str, Any]) -> SplitResult:
     want = {SUPPORTED: "explodes", REFUTED: "bounded"}.get(verdict)
     dec = details if want is None else details[details["state"] == want]
     deciding = [(f, say.why_c5(r)) for r in dec.itertuples() for f in r.folders]
-    deciding += [(r.folder, "diverged") for r in d[diverged].itertuples()]
+    deciding += [(r.folder, say.reason("diverged")) for r in d[diverged].itertuples()]
     clip_rho = stats.spearman(d["num_steps"], d["_clip"])[0]
     numbers = {
         "points": len(judged),
@@ -744,9 +690,9 @@ def judge_c7(df: pd.DataFrame, sp: pd.DataFrame | None, th: dict[str, Any]) -> S
     outcome = str(th["c7"].get("outcome", "loss_jitter"))
     jitter = _num(d, outcome)
     if jitter.notna().sum() == 0:
-        return _inconclusive(f"measure missing: the records have no loss jitter ({outcome})")
+        return _inconclusive(_why("no_jitter", outcome=outcome))
     if not (d["batch_size"] == 1).any():
-        return _inconclusive("no batch_size=1 runs")
+        return _inconclusive(_why("no_batch_1"))
     conf, factor = float(th["confidence"]), float(th["c7"]["min_factor"])
     d = d.assign(_j=jitter)
     rows = []
@@ -772,15 +718,15 @@ def judge_c7(df: pd.DataFrame, sp: pd.DataFrame | None, th: dict[str, Any]) -> S
             )
     details = pd.DataFrame(rows)
     if details.empty:
-        return _inconclusive("no cell × num_steps group has batch 1 and a larger batch with enough seeds")
+        return _inconclusive(_why("no_c7_group"))
     n = len(details)
     n_err, n_calm = int((details["state"] == "erratic").sum()), int((details["state"] == "calm").sum())
     erratic = by_fractions(n_err, n_calm, n, th)
-    cheap, cheap_num = INCONCLUSIVE, {"cheap_reason": NO_SPEED}
+    cheap, cheap_num = INCONCLUSIVE, {"cheap_reason": "no_speed"}
     if sp is not None and "us_per_update" in sp:
         res = []
         for _, g in sp.groupby(["sweep", "task", "cell", "num_steps"], observed=True):
-            a, b = _paired(g, 4.0, 1.0, "us_per_update")  # batch 1 over batch 4
+            a, b = stats.paired_by_round(g, 4.0, 1.0, "us_per_update")  # batch 1 over batch 4
             if len(a) >= th["speed"]["min_rounds"]:
                 res.append(stats.log_ratio_ci(a, b, conf, paired=True))
         if res:
@@ -841,9 +787,9 @@ def judge(runs: pd.DataFrame, th: dict[str, Any], speed: pd.DataFrame | None = N
         task_sp = sp[sp["task"] == task] if sp is not None else None
         c2 = per["C2"][split] = judge_c2(part, th)
         if sp is None:
-            per["C1"][split] = _inconclusive(NO_SPEED)
+            per["C1"][split] = _inconclusive(_why("no_speed"))
         elif task_sp.empty:
-            per["C1"][split] = _inconclusive(f"the speed phase timed no point of task {task}")
+            per["C1"][split] = _inconclusive(_why("speed_no_task", task=task))
         else:
             per["C1"][split] = judge_c1(points[points["task"] == task], c2, th)
         per["C4"][split] = judge_c4(part, th)
@@ -853,7 +799,7 @@ def judge(runs: pd.DataFrame, th: dict[str, Any], speed: pd.DataFrame | None = N
         per["C6"][split] = _judge_c6(df[df["split"] == split], split, per, df)
     if sp is None:
         for split in splits:
-            per["C3"][split] = _inconclusive(NO_SPEED)
+            per["C3"][split] = _inconclusive(_why("no_speed"))
     else:
         for task, g in sp.groupby("task"):
             labels = sorted(df.loc[df["task"] == task, "task_label"].astype(str).unique()) or [str(task)]
@@ -873,7 +819,7 @@ def _judge_c6(part: pd.DataFrame, split: str, per: dict[str, dict[str, SplitResu
     twin = df[(df["task_label"] == part["task_label"].iloc[0]) & df["budget_kind"].astype(str).str.startswith("tokens")]
     ref = {k: per[k].get(s).verdict for s in twin["split"].unique() for k in ("C2", "C4") if s in per[k]}
     return _inconclusive(
-        "C6 is judged at equal tokens only", numbers={"parts": trio, "equal_tokens": False, "at_equal_tokens": ref}
+        _why("c6_equal_tokens_only"), numbers={"parts": trio, "equal_tokens": False, "at_equal_tokens": ref}
     )
 
 

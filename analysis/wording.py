@@ -9,6 +9,92 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+# ------------------------------------------------------------------------------------------------- the claims
+# claim id -> (what the thread says, what is measured, how it is compared); analysis/verdicts.py builds CLAIMS
+CLAIM_TEXT: dict[str, tuple[str, str, str]] = {
+    "C1": (
+        "batch size mainly buys speed: more parallel rows per step, higher throughput",
+        "speed-phase tokens/s (each point timed alone, rounds interleaved); what batch size does to learning (C2)",
+        "per cell × num_steps: log-log slope of tokens/s on batch size (t-interval over rounds) and largest/"
+        "smallest batch ratio (t-interval on paired-by-round log ratios); then C2's verdict in the split",
+    ),
+    "C2": (
+        "batch size does not change what the network learns (“their loss is usually very close”)",
+        "final held-out loss (nats), accuracy (points), memory capacity (lags recalled)",
+        "TOST equivalence of largest vs smallest batch size within each cell × num_steps (90 % Welch "
+        "interval of the absolute difference inside ±margin); groups at chance are uninformative",
+    ),
+    "C3": (
+        "batch_size=4 is about 4 times faster than batch_size=1",
+        "speed-phase tokens/s",
+        "t-interval of the paired-by-round log ratio tokens/s(4b)/tokens/s(b) per cell × num_steps: inside, "
+        "outside or straddling the band around 4",
+    ),
+    "C4": (
+        "num_steps sets how long a dependency the network learns",
+        "memory capacity from the per-lag accuracy curve; recalled span vs num_steps",
+        "(a) growth at equal tokens: Spearman ρ vs num_steps per cell × batch_size, permutation p; (b) bound: "
+        "share of runs whose span exceeds num_steps",
+    ),
+    "C5": (
+        "a large num_steps can make gradients explode",
+        "log-log slope of a window's gradient norm against window length at fixed parameters (trained and "
+        "initial net); clip fraction; diverged runs",
+        "t-interval over seeds of the slope per grid point vs a minimum slope; divergences by num_steps",
+    ),
+    "C6": (
+        "so: choose num_steps by the dependency length, batch_size by the hardware and data",
+        "the verdicts of C1, C2 and C4 at equal tokens",
+        "supported only where C1, C2 and C4 all are; refuted where one of them is",
+    ),
+    "C7": (
+        "batch_size=1 is cheap per update but very erratic",
+        "update-to-update loss jitter in nats (loss_jitter); speed-phase µs per update",
+        "Welch t-interval of the log jitter ratio batch 1 / batch b per cell × num_steps vs a minimum factor; "
+        "paired-by-round µs/update ratio batch 1 / batch 4",
+    ),
+}
+
+
+# ------------------------------------------------------------------------------------------------ the reasons
+# Why a split is inconclusive or a group uninformative: code (what the judges return) -> sentence. The judges
+# pass the numbers each sentence quotes.
+REASONS: dict[str, str] = {
+    "no_speed": "no speed phase: tokens/s of training runs were timed under load",
+    "no_complete_runs": "no complete runs",
+    "few_seeds": (
+        "only {seeds:g} seed(s) per grid point (need {need} for a t-interval; a percentile interval of fewer "
+        "values is not a 95 % CI)"
+    ),
+    "speed_no_pairs": "the speed phase has no cell × num_steps point with two batch sizes timed",
+    "speed_no_task": "the speed phase timed no point of task {task}",
+    "speed_no_ratio_pair": "the speed phase has no pair of batch sizes b and {target:g}·b",
+    "speed_too_few_rounds": "no cell × num_steps point timed batch {small:g} and {big:g} in enough rounds",
+    "uniform_guess": "every batch size at the uniform-guess loss ln V = {ln_v:.2f} nats",
+    "at_chance": "every batch size at chance (accuracy upper bound < {bound:.2f})",
+    "few_batch_sizes": "only {n} batch size(s)",
+    "few_seeds_at_batch": "fewer than {need} seeds at batch {small:g} or {big:g}",
+    "no_informative_c2_group": "no informative cell × num_steps group (see the uninformative groups)",
+    "growth_equal_tokens_only": "growth is judged at equal tokens only",
+    "few_seeds_at_num_steps": "fewer than {need} seeds at some num_steps",
+    "beyond_longest_lag": "every num_steps exceeds the longest lag tested ({lag:g}): growth cannot show",
+    "nothing_learned": "nothing learned at any num_steps ({measure} < {floor:g})",
+    "no_informative_c4_group": "no informative cell × batch_size group",
+    "no_span": "no recalled span",
+    "few_num_steps": "only {n} value(s) of num_steps",
+    "no_growth_slope": "measure missing: the records have no gradient-growth slope (growth_slope)",
+    "diverged": "diverged",
+    "no_jitter": "measure missing: the records have no loss jitter ({outcome})",
+    "no_batch_1": "no batch_size=1 runs",
+    "no_c7_group": "no cell × num_steps group has batch 1 and a larger batch with enough seeds",
+    "c6_equal_tokens_only": "C6 is judged at equal tokens only",
+}
+
+
+def reason(code: str, **values: Any) -> str:
+    """The sentence for a reason code, with the numbers the judge passed."""
+    return REASONS[code].format(**values)
+
 
 def f(x: Any, fmt: str = ".2f") -> str:
     try:
@@ -87,7 +173,7 @@ def statistic(cid: str, r: Any) -> str:
         g = (
             f"growth {n['growth']} ({n['growing']}/{n['growth_groups']} groups grow)"
             if "growth_groups" in n
-            else f"growth {n['growth']} ({n.get('growth_reason', '')})"
+            else f"growth {n['growth']} ({reason(n['growth_reason']) if n.get('growth_reason') else ''})"
         )
         b = (
             f"bound {n['bound']} ({n['exceeding']}/{n['runs']} runs span > num_steps, largest excess "
