@@ -201,10 +201,19 @@ def run_dirname(overrides: str) -> str:
     '/' in a value (a corpus path) is escaped so each run is one folder; an empty string (the defaults) becomes
     'base'; a name too long for a file system keeps its start and gains a hash of the whole.
     """
-    name = (overrides or "base").replace("%", "%25").replace(os.sep, "%2F")
+    name = (overrides or "base").replace("%", "%25").replace("/", "%2F")
+    if os.sep != "/":
+        name = name.replace(os.sep, "%5C")
     if len(name) > 200:
         name = f"{name[:180]}~{hashlib.sha256(name.encode()).hexdigest()[:12]}"
     return name
+
+
+def register_resolvers() -> None:
+    """Register `run_dirname`, the resolver conf/config.yaml names folders with (idempotent): whoever composes the
+    project's config (the entry point, tests, a notebook) gets the same folder names as the analysis rebuilds."""
+    if not OmegaConf.has_resolver("run_dirname"):
+        OmegaConf.register_new_resolver("run_dirname", run_dirname)
 
 
 def _tmp_path(path: Path) -> Path:

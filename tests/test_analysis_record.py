@@ -201,3 +201,12 @@ def test_the_report_reads_only_its_results_folder():
     for path in sorted((FIXTURES.parent.parent / "analysis").glob("*.py")):
         text = path.read_text()
         assert "bench/out" not in text and "stability.json" not in text, path.name
+
+
+def test_register_resolvers_is_idempotent_and_names_folders_like_run_dirname():
+    from omegaconf import OmegaConf
+
+    record.register_resolvers()
+    record.register_resolvers()  # a second call (cli already registered it) is not an error
+    conf = OmegaConf.create({"d": "${run_dirname:'a=x/y'}"})
+    assert conf.d == record.run_dirname("a=x/y") == "a=x%2Fy"
