@@ -10,7 +10,6 @@ scan imports the plugins' registered modules on every start, and the sweep's par
 from __future__ import annotations
 
 import logging
-import os
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +19,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 
 from sweep._hydra_api import SweeperBase, split_arguments
+from sweep.cpus import usable_cpus
 from sweep.errors import RunFailed
 from sweep.record import SWEEP_PLAN_FILE, SWEEP_SUMMARY_FILE
 
@@ -183,14 +183,16 @@ def plan_points(sweeper: SweeperBase, points: list[list[str]]) -> list[PlannedJo
 
 
 def launcher_parallelism(launcher_cfg: Any, max_batch_size: int | None = None) -> int:
-    """How many jobs of a sweep run at once on one machine, so that each takes cores // n torch threads.
+    """How many jobs of a sweep run at once on one machine, so that each takes cores // n torch threads (cores:
+    the CPUs this process may use, sweep/cpus.py).
 
     joblib: n_jobs (-1 = all cores). submitit_local: every job of a launched batch runs at once, and the
     sweepers cap a batch at `max_batch_size`, or at cores // cpus_per_task (all cores when unset).
-    submitit_slurm: each job has its own allocation of cpus_per_task cores. ray: ray.init's num_cpus (all
-    cores when unset) // the num_cpus each task asks for in ray.remote (1 when unset).
+    submitit_slurm: 1, each job runs alone in its own allocation (cpus_per_task cores, which the job's
+    usable CPUs already are). ray: ray.init's num_cpus (all cores when unset) // the num_cpus each task asks
+    for in ray.remote (1 when unset).
     """
-    cores = os.cpu_count() or 1
+    cores = usable_cpus()
     kind = str(launcher_cfg.get("_target_", None) or "").rsplit(".", 1)[-1]
     if "n_jobs" in launcher_cfg:
         n_jobs = launcher_cfg.get("n_jobs")
@@ -198,9 +200,6 @@ def launcher_parallelism(launcher_cfg: Any, max_batch_size: int | None = None) -
     elif kind == "LocalLauncher":
         cpus = launcher_cfg.get("cpus_per_task", None)
         n = max_batch_size or (cores // cpus if cpus else cores)
-    elif kind == "SlurmLauncher":
-        cpus = launcher_cfg.get("cpus_per_task", None)
-        n = cores // cpus if cpus else 1
     elif kind == "RayLauncher":
         ray = launcher_cfg.get("ray", None) or {}
         total = (ray.get("init", None) or {}).get("num_cpus", None) or cores

@@ -15,10 +15,11 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
+from sweep.cpus import usable_cpus
 from sweep.plan import batch_limit, launcher_parallelism
 from tests.conftest import REPO, TINY
 
-CORES = os.cpu_count() or 1
+CORES = usable_cpus()
 GRID = ["model=rnn,lstm", "batch_size=2,4", "num_steps=4"]
 # no `threads=`: each job takes cores // (jobs at once), which the tests check (one thread each on 2 cores)
 LAUNCHERS = {
@@ -73,14 +74,32 @@ def _sweep(results: Path, launcher: str, grid: list[str], env: dict[str, str] | 
     env = {**os.environ, "PYTHONUNBUFFERED": "1", **extra_env}
     env.pop("HYDRA_FULL_ERROR", None)
     try:
-        return subprocess.run(
+        proc = subprocess.run(
             [sys.executable, "-m", "sweep", "-m", f"results_dir={results}", "name=l", *grid, *TINY,
              *LAUNCHERS[launcher]],
             cwd=REPO, env=env, capture_output=True, text=True, timeout=240,
         )  # fmt: skip
+        proc.ray_sessions = sorted(p.name for p in Path(ray_tmp).rglob("session_2*")) if ray_tmp else []
+        return proc
     finally:
         if ray_tmp:
             shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
+def _launchers_that_ran(proc, sweep_dir: Path) -> set[str]:
+    """The launchers whose own traces this sweep left: each logs a line of its own when it launches, and
+    submitit and Ray leave files (submitit's job folders in the sweep folder, Ray's session in its temp dir).
+    An override the sweep ignored would show here as another launcher (or the basic one: none of these)."""
+    out = proc.stdout + proc.stderr
+    ran = set()
+    if "Joblib.Parallel(" in out:
+        ran.add("joblib")
+    submitit = sweep_dir / ".submitit"
+    if "Submitit 'local' sweep output dir" in out and submitit.is_dir() and any(submitit.iterdir()):
+        ran.add("submitit_local")
+    if "Ray Launcher is launching" in out and proc.ray_sessions:
+        ran.add("ray")
+    return ran
 
 
 def _records(sweep_dir: Path) -> dict[str, dict]:
@@ -92,6 +111,7 @@ def joblib_records(tmp_path_factory) -> dict[str, dict]:
     results = tmp_path_factory.mktemp("joblib")
     proc = _sweep(results, "joblib", GRID)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert _launchers_that_ran(proc, results / "l") == {"joblib"}
     recs = _records(results / "l")
     assert len(recs) == 4 and all(r["status"] == "complete" for r in recs.values())
     return recs
@@ -108,8 +128,9 @@ def test_parallelism_and_thread_caps_per_launcher():
     assert batch_limit(local, None) == CORES  # ... so the sweepers hand it at most `cores` jobs at a time
     assert launcher_parallelism(local, max_batch_size=3) == 3 and batch_limit(local, 3) == 3
     slurm = "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
+    # each SLURM job runs alone in its allocation, whose CPUs the job's usable_cpus() already counts
     assert launcher_parallelism(cfg({"_target_": slurm, "cpus_per_task": None})) == 1
-    assert launcher_parallelism(cfg({"_target_": slurm, "cpus_per_task": 1})) == CORES
+    assert launcher_parallelism(cfg({"_target_": slurm, "cpus_per_task": 4})) == 1
     assert batch_limit(cfg({"_target_": slurm}), None) is None  # a cluster queues them
     ray = {"_target_": TARGETS["ray"], "ray": {"init": {"address": None}, "remote": {}}}
     assert launcher_parallelism(cfg(ray)) == CORES
@@ -150,6 +171,7 @@ def test_joblib_runs_the_grid_with_one_thread_per_job(joblib_records):
 def test_each_launcher_gives_the_same_records_as_joblib(tmp_path, launcher, joblib_records):
     proc = _sweep(tmp_path, launcher, GRID)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert _launchers_that_ran(proc, tmp_path / "l") == {launcher}
     recs = _records(tmp_path / "l")
     assert sorted(recs) == sorted(joblib_records)
     for name, rec in recs.items():
@@ -175,6 +197,7 @@ def test_one_failing_job_leaves_the_others_complete_and_the_sweep_exits_nonzero(
     # sweep/run.py's test hook: the run whose folder name holds this text raises in training
     proc = _sweep(tmp_path, launcher, grid, env={"RNN_SWEEP_FAIL_IF": "model=lstm,num_steps=8"})
     assert proc.returncode != 0
+    assert _launchers_that_ran(proc, tmp_path / "l") == {launcher}
     recs = _records(tmp_path / "l")
     assert len(recs) == 4, sorted(recs)
     failed = [n for n, r in recs.items() if r["status"] == "failed"]

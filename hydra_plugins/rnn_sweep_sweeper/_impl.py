@@ -164,8 +164,8 @@ class GridSweeperImpl(SweeperBase):
         """What the sweep would do, written nowhere: the points (done or to run), the phases before them, and
         jobs x threads."""
         from hydra_plugins.rnn_sweep_sweeper import _phases
+        from sweep.cpus import default_threads  # the rule each job applies
         from sweep.record import is_done
-        from sweep.run import default_threads  # the rule each job applies (imports torch: a dry run only)
 
         speed, search = self.speed or {}, self.lr_search or {}
         lines = [f"dry run: nothing is written (sweep folder {self.config.hydra.sweep.dir})"]

@@ -35,16 +35,7 @@ from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig
 
-# All but TuneSettings are re-exported only until hydra_plugins/rnn_sweep_optuna imports them from sweep.plan.
-from sweep.plan import (  # noqa: F401
-    PlannedJob,
-    SweepFailed,
-    TuneSettings,
-    batch_limit,
-    plan_jobs,
-    plan_points,
-    summarize,
-)
+from sweep.plan import TuneSettings
 
 # The sweeper a grid with `search` set is handed to (hydra_plugins/rnn_sweep_optuna), named, not imported.
 TUNER = "hydra_plugins.rnn_sweep_optuna.optuna_sweeper.OptunaGridSweeper"
