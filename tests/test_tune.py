@@ -269,6 +269,10 @@ def _env() -> dict[str, str]:
          "optim.clip"),
         (["hydra.sweeper.search_seeds=[0,1000]"], "search_seeds=[0, 1000] shares seed(s) [0] with the grid"),
         (["hydra.sweeper.search_seeds=[]"], "search_seeds=[]: must be a non-empty list"),
+        (["hydra.sweeper.sampler=cma"], "hydra.sweeper.sampler='cma': must name an Optuna sampler ("),
+        (["hydra.sweeper.pruner=medain"], "hydra.sweeper.pruner='medain': must name an Optuna pruner (hyperband, "),
+        (["hydra.sweeper.pruner={_target_:optuna.pruners.MedianPruner,n_startup:1}"],
+         "MedianPruner.__init__() got an unexpected keyword argument 'n_startup'"),
     ],
 )  # fmt: skip
 def test_bad_tuning_input_is_one_line_and_leaves_nothing(tmp_path, args, expected):

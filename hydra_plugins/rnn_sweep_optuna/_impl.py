@@ -23,7 +23,7 @@ from hydra_plugins.rnn_sweep_optuna import _cells, _checks, _owners, _results, _
 from hydra_plugins.rnn_sweep_optuna import _outcomes as oc
 from hydra_plugins.rnn_sweep_optuna import _search_space as ss
 from sweep._hydra_api import SweeperBase
-from sweep.optuna_setup import default_storage_url, open_storage, public_url
+from sweep.optuna_setup import default_storage_url, open_storage, plain_spec, public_url
 from sweep.plan import PlannedJob, TuneSettings, batch_limit, override_key, plan_jobs, plan_points
 from sweep.record import MULTIRUN_FILE, is_done
 
@@ -41,6 +41,12 @@ class OptunaGridSweeperImpl(SweeperBase):
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         super().setup(hydra_context=hydra_context, task_function=task_function, config=config)
+        # The settings as written, not as Hydra instantiated them: a sweeper config without `_recursive_: false`
+        # hands `{_target_: ...}` values over as built objects, and the trial runs need the setting itself
+        # (to build the same pruner) and each study its own sampler seed.
+        for key in ("sampler", "pruner"):
+            node = OmegaConf.select(config, f"hydra.sweeper.{key}", default=None)
+            setattr(self.s, key, plain_spec(node))
 
     @property
     def max_failed(self) -> int:

@@ -28,6 +28,9 @@ CLASS_PATH = "hydra_plugins.rnn_sweep_optuna.optuna_sweeper.OptunaGridSweeper"
 @dataclass
 class OptunaGridSweeperConf(TuneSettings):
     _target_: str = CLASS_PATH
+    # Hydra would build `sampler: {_target_: ...}` itself before the sweeper sees it; the sweeper builds it (a
+    # seed per study; one line for a bad keyword) and the trial runs build the pruner from the setting
+    _recursive_: bool = False
     params: Optional[dict[str, str]] = None  # noqa: UP045  the grid (scientific parameters)
     max_batch_size: Optional[int] = None  # noqa: UP045  most runs handed to the launcher at once
 
