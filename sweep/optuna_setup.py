@@ -26,6 +26,17 @@ def default_storage_url(sweep_dir: Path) -> str:
     return f"sqlite:///{Path(sweep_dir).resolve() / 'optuna.db'}"
 
 
+def absolute_url(url: str) -> str:
+    """The URL with a relative SQLite or journal path made absolute: the trial runs open it too, from launcher
+    workers whose working directory may differ from the sweep process's."""
+    if url.startswith("journal:") or (url.endswith((".log", ".journal")) and "://" not in url):
+        path = url.removeprefix("journal:")
+        return f"journal:{Path(path).resolve()}" if not path.startswith("/") else url
+    if url.startswith("sqlite:///") and not url.startswith("sqlite:////") and url != "sqlite:///:memory:":
+        return f"sqlite:///{Path(url.removeprefix('sqlite:///')).resolve()}"
+    return url
+
+
 def open_storage(url: str) -> optuna.storages.BaseStorage:
     """`journal:<path>` (or a path ending in .log / .journal): an Optuna journal file, which works on a shared
     disk without a server; anything else: an SQLAlchemy URL (sqlite:///..., postgresql://...). Several processes

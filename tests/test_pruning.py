@@ -24,7 +24,7 @@ from optuna.trial import TrialState
 
 from hydra_plugins.rnn_sweep_optuna import _samplers
 from sweep.config import ConfigError
-from sweep.optuna_setup import make_pruner, objective_value
+from sweep.optuna_setup import absolute_url, make_pruner, objective_value
 from sweep.pruning import PRUNED_AT_ATTR, reporter_for
 from tests.conftest import REPO, TINY, run_cli
 
@@ -157,6 +157,15 @@ def test_a_storage_problem_costs_the_pruning_never_the_run(tmp_path, make_cfg, c
 )
 def test_objective_values_by_dotted_path(metrics, path, expected):
     assert objective_value(metrics, path) == expected
+
+
+def test_storage_paths_are_made_absolute_for_workers_in_other_folders(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert absolute_url("sqlite:///tune/optuna.db") == f"sqlite:///{tmp_path}/tune/optuna.db"
+    assert absolute_url("journal:tune.log") == f"journal:{tmp_path}/tune.log"
+    assert absolute_url("tune.log") == f"journal:{tmp_path}/tune.log"
+    for kept in ("sqlite:////abs/optuna.db", "sqlite:///:memory:", "journal:/abs/t.log", "postgresql://u@h/db"):
+        assert absolute_url(kept) == kept
 
 
 # ------------------------------------------------------------------------------------------ from config

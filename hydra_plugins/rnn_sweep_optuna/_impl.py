@@ -23,7 +23,7 @@ from hydra_plugins.rnn_sweep_optuna import _cells, _checks, _owners, _results, _
 from hydra_plugins.rnn_sweep_optuna import _outcomes as oc
 from hydra_plugins.rnn_sweep_optuna import _search_space as ss
 from sweep._hydra_api import SweeperBase
-from sweep.optuna_setup import default_storage_url, open_storage, plain_spec, public_url
+from sweep.optuna_setup import absolute_url, default_storage_url, open_storage, plain_spec, public_url
 from sweep.plan import PlannedJob, TuneSettings, batch_limit, override_key, plan_jobs, plan_points
 from sweep.record import MULTIRUN_FILE, is_done
 
@@ -66,7 +66,7 @@ class OptunaGridSweeperImpl(SweeperBase):
         sweep_dir = Path(self.config.hydra.sweep.dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(self.config, sweep_dir / MULTIRUN_FILE)
-        url = s.storage or default_storage_url(sweep_dir)
+        url = absolute_url(s.storage or default_storage_url(sweep_dir))
         storage = optuna.storages.get_storage(open_storage(url))
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         prefix = s.study_prefix or str(self.config.name)
