@@ -254,3 +254,72 @@ def test_a_results_dir_that_fails_below_a_folder_the_check_made_leaves_nothing(t
         check_results_dir(str(tmp_path / "a" / "b"))
     monkeypatch.undo()
     assert len(calls) == 2 and not list(tmp_path.iterdir())  # `a`, which the check made, is gone again
+
+
+# ---- 5. typos and missing plugins ------------------------------------------------------------------------------
+
+
+TYPOS = [
+    (["modle.hidden_size=8"], "invalid config: modle.hidden_size: no such key; did you mean model.hidden_size?"),
+    (["model.hidden_sze=8"], "invalid config: model.hidden_sze: no such key; did you mean model.hidden_size?"),
+    (["bach_size=3"], "invalid config: bach_size: no such key; did you mean batch_size?"),
+    (["model=lstn"], "invalid config: model=lstn: must be one of gru, lstm, rnn; did you mean model=lstm?"),
+    (["-m", "hydra/launcher=joblb"], "invalid config: hydra/launcher=joblb: must be one of "),
+    (["-m", "hydra.sweeper.dry_rn=true"], "did you mean hydra.sweeper.dry_run?"),
+]
+
+
+@pytest.mark.parametrize(("args", "expected"), TYPOS, ids=[" ".join(a) for a, _ in TYPOS])
+def test_a_mistyped_key_or_choice_is_one_line_with_the_nearest_valid_one(tmp_path, args, expected):
+    results = tmp_path / "results"
+    flags = [a for a in args if a.startswith("-")]
+    overrides = [a for a in args if not a.startswith("-")]
+    line = _bad_input(run_cli(*flags, *TINY, *overrides, f"results_dir={results}"), results)
+    assert line.startswith(expected) or expected in line, line
+    if "joblb" in args[-1]:
+        assert line.endswith("; did you mean hydra/launcher=joblib?")
+
+
+def test_a_key_with_nothing_near_it_gets_no_guess(tmp_path):
+    results = tmp_path / "results"
+    line = _bad_input(run_cli(*TINY, "zzzzqqq=1", f"results_dir={results}"), results)
+    assert line.startswith("invalid config: zzzzqqq: no such key") and "did you mean" not in line
+
+
+def test_an_uninstalled_launcher_names_what_to_install(tmp_path):
+    """hydra-rq-launcher is a Hydra launcher this project does not install: the line says how to get it."""
+    results = tmp_path / "results"
+    line = _bad_input(run_cli("-m", *TINY, "hydra/launcher=rq", f"results_dir={results}"), results)
+    assert line == "invalid config: hydra/launcher=rq: that plugin (hydra-rq-launcher) is not installed: " + (
+        "pip install hydra-rq-launcher"
+    )
+
+
+def test_a_launcher_from_an_extra_names_the_extra():
+    """Where Ray's launcher is not installed, Hydra lists the launchers without it: the line names the project's
+    extra that installs it (read from the installed metadata, i.e. pyproject's optional-dependencies)."""
+    from hydra.errors import MissingConfigException
+
+    from sweep.errors import install_hint, one_line
+
+    text = (
+        "In 'hydra/config': Could not find 'hydra/launcher/ray'\n\nAvailable options in 'hydra/launcher':\n"
+        "\tbasic\n\tjoblib\n\tsubmitit_local\n\tsubmitit_slurm\nConfig search path:\n\tprovider=hydra, path=x"
+    )
+    line = one_line(MissingConfigException(text, missing_cfg_file="hydra/launcher/ray"))
+    assert line == "invalid config: hydra/launcher=ray: that plugin (hydra-ray-launcher) is not installed: " + (
+        install_hint("hydra-ray-launcher")
+    )
+    requirements = ['hydra-ray-launcher<1.3,>=1.2.2; extra == "ray"', "hydra-joblib-launcher<1.3,>=1.2"]
+    assert install_hint("hydra-ray-launcher", requirements) == "pip install 'rnn-sweep[ray]'"
+    assert install_hint("hydra_Ray.launcher", requirements) == "pip install 'rnn-sweep[ray]'"  # names normalized
+    assert install_hint("hydra-joblib-launcher", requirements) == "pip install hydra-joblib-launcher"
+    # the installed project: its ray extra installs the Ray launcher
+    from importlib.metadata import PackageNotFoundError, requires
+
+    try:
+        installed = requires("rnn-sweep") or []
+    except PackageNotFoundError:
+        pytest.skip("rnn-sweep is not installed (pip install -e .)")
+    if any(r.startswith("hydra-ray-launcher") and "extra ==" in r for r in installed):
+        assert install_hint("hydra-ray-launcher") == "pip install 'rnn-sweep[ray]'"
