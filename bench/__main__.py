@@ -18,9 +18,10 @@ PRESETS = {
     "full": {
         "cells": ["rnn", "gru", "lstm"],
         "batch_sizes": [1, 4, 16, 64],
-        "num_steps": [8, 32],
-        "reps": 6,
-        "target_s": 0.3,
+        "num_steps": [4, 32],
+        "optims": ["adam", "sgd"],
+        "reps": 5,
+        "target_s": 0.25,
         "stability_n": 10,
         "scaled_sweep": True,
         "probe": True,
@@ -31,6 +32,7 @@ PRESETS = {
         "cells": ["rnn", "gru", "lstm"],
         "batch_sizes": [4, 64],
         "num_steps": [32],
+        "optims": ["adam", "sgd"],
         "reps": 3,
         "target_s": 0.2,
         "stability_n": 5,
@@ -55,6 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cells", help="comma list (rnn,gru,lstm)")
     ap.add_argument("--batch-sizes", type=_ints)
     ap.add_argument("--num-steps", type=_ints)
+    ap.add_argument("--optims", help="comma list (adam,sgd)")
     ap.add_argument("--reps", type=int, help="interleaved repetitions per grid point and clock")
     ap.add_argument("--target-s", type=float, help="seconds per timed run (sets the number of updates)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1: one sweep job's share)")
@@ -67,6 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     preset = dict(PRESETS["quick" if args.quick else "full"])
     for key, val in (
         ("cells", args.cells.split(",") if args.cells else None),
+        ("optims", args.optims.split(",") if args.optims else None),
         ("batch_sizes", args.batch_sizes),
         ("num_steps", args.num_steps),
         ("reps", args.reps),
@@ -116,37 +120,33 @@ def main(argv: list[str] | None = None) -> int:
             clocks=clocks,
             device=device,
             train_tokens=args.train_tokens,
+            optims=tuple(preset["optims"]),
             log=log,
         )
         results["runner_vs_bare"] = points
-        gated = [p for p in points if p["batch_size"] >= 4]
-        passed = [p for p in gated if runner_vs_bare.passes(p)]
+        passed = [p for p in points if runner_vs_bare.passes(p)]
         pool = runner_vs_bare.pooled(points)
-        med = {c: [p for p in gated if p[c]["ratio"] >= runner_vs_bare.TARGET] for c in clocks}
         pc = "CPU time" if "cpu" in clocks else "wall-clock"
         sections[1] = [
             "## 1. Runner vs bare PyTorch loop (tokens/s, interleaved repetitions)",
             "",
             f"{train_module.__name__}.train ({getattr(train_module, '__file__', '')}; measures off, "
-            f"budget=updates, default model/optim: Adam, echo task) against bench.common.bare_tbptt; "
-            f"{preset['reps']} repetitions per clock, order alternating, ~{preset['target_s']} s per "
-            f"timed run, task.train_tokens={args.train_tokens} on both sides. `wall` = wall-clock (what "
-            f"run records hold), `cpu` = the thread's CPU time (same code and bookkeeping, less inflated "
-            f"by other processes on the cores). Best of N = ratio of the fastest run of each side "
-            f"(interference only slows runs down): the verdict uses it. Extra µs = runner µs per update "
-            f"− bare µs per update (best runs).",
+            f"budget=updates, echo task, optimizer {' and '.join(preset['optims'])}) against "
+            f"bench.common.bare_tbptt; {preset['reps']} repetitions per clock, order alternating, "
+            f"~{preset['target_s']} s per timed run, task.train_tokens={args.train_tokens} on both sides. "
+            f"`wall` = wall-clock (what run records hold), `cpu` = the thread's CPU time (same code and "
+            f"bookkeeping, less inflated by other processes on the cores). The verdict reads the ratio of the "
+            f"medians on the {pc} clock against the target (0.98 from batch 4, 0.95 at batch 1); harness "
+            f"µs/update = runner µs − bare µs per update, from the medians.",
             "",
             runner_vs_bare.table(points, clocks),
             "",
-            f"batch_size ≥ 4: {len(passed)} of {len(gated)} grid points at runner/bare ≥ "
-            f"{runner_vs_bare.TARGET} (best of N, {pc}); by the ratio of medians: "
-            + ", ".join(f"{len(v)} of {len(gated)} ({c})" for c, v in med.items())
-            + ".",
+            f"{len(passed)} of {len(points)} grid points meet their target (ratio of medians, {pc}).",
             "",
-            f"Pooled over all {pool['n']} grid points, the runner costs {pool['median_us']:+.0f} µs per update "
-            f"more than the bare loop (median; quartiles {pool['q1_us']:+.0f} to {pool['q3_us']:+.0f}), "
-            f"which is runner/bare = {pool['ratio_at_1ms']:.3f} for an update of 1 ms of work and more "
-            f"for bigger updates.",
+            f"Harness cost pooled over all {pool['n']} grid points: {pool['median_us']:+.1f} µs per update "
+            f"(median; quartiles {pool['q1_us']:+.1f} to {pool['q3_us']:+.1f}); target ≤ "
+            f"{runner_vs_bare.HARNESS_US:.0f} µs: **{'met' if pool['median_us'] <= runner_vs_bare.HARNESS_US else 'missed'}**"  # noqa: E501
+            f"; runner/bare = {pool['ratio_at_1ms']:.3f} for an update of 1 ms of work.",
         ]
         results["runner_pooled"] = pool
 

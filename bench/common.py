@@ -70,6 +70,8 @@ def bare_tbptt(
     hidden_size: int = 64,
     num_layers: int = 1,
     lr: float = 1e-2,
+    optim: str = "adam",
+    momentum: float = 0.0,
     clip: float = 5.0,
     train_tokens: int = 1 << 18,
     seed: int = 0,
@@ -94,7 +96,7 @@ def bare_tbptt(
     windows = length // num_steps
     model = BareModel(cell, vocab, embedding_size, hidden_size, num_layers).to(device)
     params = list(model.parameters())
-    opt = torch.optim.Adam(params, lr=lr)
+    opt = torch.optim.SGD(params, lr=lr, momentum=momentum) if optim == "sgd" else torch.optim.Adam(params, lr=lr)
     lossf = nn.functional.cross_entropy
 
     def zero_state():

@@ -1,7 +1,7 @@
 """The project's training loop (sweep.train.train, all its bookkeeping) against the barest PyTorch TBPTT loop.
 
 For each cell x batch_size x num_steps: both sides train the same model shape (embedding -> fused cell ->
-linear), on the same stream layout, with the same optimizer (Adam, the default optim), clipping, threads and
+linear), on the same stream layout, with the same optimizer (Adam or SGD with momentum), clipping, threads and
 warm-up, for the same number of updates. They are interleaved in one process, alternating which goes first
 (ABBA...), several repetitions. Each side reports tokens/s after the warm-up updates, evaluation excluded: the
 runner's own `summary["tokens_per_s"]` and, for the bare loop, the same updates timed the same way.
@@ -22,7 +22,13 @@ import torch
 
 from bench.common import CLOCKS, bare_tbptt, compose, runner_clock, spread, sync
 
-TARGET = 0.95  # runner/bare at batch_size >= 4 (bench/README.md)
+HARNESS_US = 15.0  # the most the runner may add to an update, in µs (bench/README.md)
+
+
+def target(batch_size: int) -> float:
+    """runner/bare that a grid point must reach: 0.98 from batch 4, 0.95 at batch 1-3, where an update is
+    so small (~0.5 ms) that a fixed cost weighs most."""
+    return 0.98 if batch_size >= 4 else 0.95
 
 
 def _updates_for(cell: str, bs: int, ns: int, target_s: float, warmup: int, device, common: dict) -> int:
@@ -45,8 +51,10 @@ def measure_point(
     clocks: list[str],
     device: torch.device,
     train_tokens: int,
+    optim: str = "adam",
 ) -> dict[str, Any]:
     overrides = [
+        f"optim={optim}",
         f"model={cell}",
         f"batch_size={bs}",
         f"num_steps={ns}",
@@ -69,11 +77,14 @@ def measure_point(
         "clip": float(cfg0.optim.clip) if cfg0.optim.clip > 0 else float("inf"),
         "train_tokens": train_tokens,
     }
-    if cfg0.optim.name != "adam" or cfg0.optim.lr_scaling != "none" or cfg0.task.name != "echo":
-        raise RuntimeError("the bare loop mirrors the default config (echo task, adam, no lr scaling)")
+    if cfg0.optim.name not in ("adam", "sgd") or cfg0.optim.lr_scaling != "none" or cfg0.task.name != "echo":
+        raise RuntimeError("the bare loop mirrors the default config (echo task, adam or sgd, no lr scaling)")
+    common["optim"] = str(cfg0.optim.name)
+    common["momentum"] = float(cfg0.optim.get("momentum") or 0.0)
     updates = _updates_for(cell, bs, ns, target_s, warmup, device, common)
     cfg = compose([*overrides, f"budget.amount={updates}"])
     out: dict[str, Any] = {
+        "optim": optim,
         "cell": cell,
         "batch_size": bs,
         "num_steps": ns,
@@ -116,6 +127,7 @@ def measure_point(
             "best_ratio": br / bb,  # ratio of the best runs: interference only ever slows a run down
             "pair_ratio": spread(pairs),
             "overhead_us_per_update": 1e6 * (tpu / br - tpu / bb),  # from the best runs
+            "harness_us_per_update": 1e6 * (tpu / mr - tpu / mb),  # from the medians: what the verdict reads
             "bare_us_per_update": 1e6 * tpu / bb,
         }
     return out
@@ -128,23 +140,15 @@ def primary_clock(point: dict[str, Any]) -> str:
 
 
 def passes(point: dict[str, Any]) -> bool:
-    """The verdict's estimate: best-of-N ratio on the primary clock (noise from other processes only ever
-    slows a run, so the fastest of N interleaved runs is the least disturbed estimate of each side's cost)."""
-    return point[primary_clock(point)]["best_ratio"] >= TARGET
+    """Ratio of the medians of interleaved repetitions on the primary clock, against the point's target."""
+    return point[primary_clock(point)]["ratio"] >= target(point["batch_size"])
 
 
 def verdict(point: dict[str, Any]) -> str:
-    clock = primary_clock(point)
-    c = point[clock]
-    scope = "" if point["batch_size"] >= 4 else "bs < 4, outside the target; "
+    c = point[primary_clock(point)]
     if passes(point):
-        low = [
-            f"{k} median {point[k]['ratio']:.3f}" for k in ("wall", "cpu") if k in point and point[k]["ratio"] < TARGET
-        ]
-        return "ok" + (f" ({', '.join(low)}: interference)" if low else "")
-    return (
-        f"{scope}**gap** +{c['overhead_us_per_update']:.0f} µs/update: per-update Python bookkeeping (bench/README.md)"
-    )
+        return "ok"
+    return f"**gap** {c['harness_us_per_update']:+.0f} µs/update (target {target(point['batch_size'])})"
 
 
 def run(
@@ -158,38 +162,41 @@ def run(
     clocks: list[str],
     device: torch.device,
     train_tokens: int,
+    optims: tuple[str, ...] = ("adam", "sgd"),
     log=print,
 ) -> list[dict[str, Any]]:
     points = []
-    for cell in cells:
-        for bs in batch_sizes:
-            for ns in num_steps:
-                t0 = time.perf_counter()
-                p = measure_point(
-                    train_module,
-                    cell,
-                    bs,
-                    ns,
-                    reps=reps,
-                    target_s=target_s,
-                    clocks=clocks,
-                    device=device,
-                    train_tokens=train_tokens,
-                )
-                p["verdict"] = verdict(p)
-                p["seconds"] = time.perf_counter() - t0
-                points.append(p)
-                ratios = "  ".join(f"{c} {p[c]['ratio']:.3f}" for c in clocks)
-                head = f"  {cell:4s} bs={bs:<3d} ns={ns:<3d} updates={p['updates']:<5d}"
-                log(f"{head} {ratios}  ({p['seconds']:.1f}s)")
+    for optim in optims:
+        for cell in cells:
+            for bs in batch_sizes:
+                for ns in num_steps:
+                    t0 = time.perf_counter()
+                    p = measure_point(
+                        train_module,
+                        cell,
+                        bs,
+                        ns,
+                        reps=reps,
+                        target_s=target_s,
+                        clocks=clocks,
+                        device=device,
+                        train_tokens=train_tokens,
+                        optim=optim,
+                    )
+                    p["verdict"] = verdict(p)
+                    p["seconds"] = time.perf_counter() - t0
+                    points.append(p)
+                    ratios = "  ".join(f"{c} {p[c]['ratio']:.3f}" for c in clocks)
+                    head = f"  {optim:4s} {cell:4s} bs={bs:<3d} ns={ns:<3d} updates={p['updates']:<5d}"
+                    log(f"{head} {ratios}  ({p['seconds']:.1f}s)")
     return points
 
 
 def pooled(points: list[dict[str, Any]]) -> dict[str, float]:
-    """The runner's extra cost per update, pooled over grid points (it is Python bookkeeping, so about the same
-    at every shape): median and quartiles over points of (runner - bare) µs per update, best runs, primary
-    clock; and the runner/bare that this median implies for an update of 1 ms of work."""
-    xs = sorted(p[primary_clock(p)]["overhead_us_per_update"] for p in points)
+    """The harness cost per update, pooled over grid points (it is Python bookkeeping, so about the same at
+    every shape): median and quartiles over points of (runner - bare) µs per update from the medians of the
+    repetitions, primary clock; and the runner/bare that this median implies for an update of 1 ms of work."""
+    xs = sorted(p[primary_clock(p)]["harness_us_per_update"] for p in points)
     q = statistics.quantiles(xs, n=4) if len(xs) > 1 else [xs[0]] * 3
     med = statistics.median(xs)
     return {"median_us": med, "q1_us": q[0], "q3_us": q[2], "n": len(xs), "ratio_at_1ms": 1000 / (1000 + med)}
@@ -197,21 +204,22 @@ def pooled(points: list[dict[str, Any]]) -> dict[str, float]:
 
 def table(points: list[dict[str, Any]], clocks: list[str]) -> str:
     pc = "cpu" if "cpu" in clocks else "wall"
-    head = ["cell", "batch", "steps", "updates", "runner tok/s (wall, median)", "bare tok/s (wall, median)"]
+    head = ["optim", "cell", "batch", "steps", "updates", "runner tok/s (wall, median)", "bare tok/s (wall, median)"]
     head += [f"runner/bare ({c}, medians)" for c in clocks]
     head += [
         f"runner/bare ({pc}, best of N)",
         f"pair ratios ({pc}) min–max",
-        "runner extra / bare µs per update",
+        f"harness µs/update ({pc}, medians) / bare µs",
     ]
-    head += ["verdict"]
+    head += ["target", "verdict"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for p in points:
         w, c = p["wall"], p[pc]
-        row = [p["cell"], str(p["batch_size"]), str(p["num_steps"]), str(p["updates"])]
+        row = [p.get("optim", "adam"), p["cell"], str(p["batch_size"]), str(p["num_steps"]), str(p["updates"])]
         row += [f"{w['runner_median']:,.0f}", f"{w['bare_median']:,.0f}"]
-        row += [f"{p[k]['ratio']:.3f}" for k in clocks]
-        row += [f"**{c['best_ratio']:.3f}**", f"{c['pair_ratio']['min']:.2f}–{c['pair_ratio']['max']:.2f}"]
-        row += [f"{c['overhead_us_per_update']:+.0f} / {c['bare_us_per_update']:.0f}", p["verdict"]]
+        row += [f"**{p[k]['ratio']:.3f}**" if k == pc else f"{p[k]['ratio']:.3f}" for k in clocks]
+        row += [f"{c['best_ratio']:.3f}", f"{c['pair_ratio']['min']:.2f}–{c['pair_ratio']['max']:.2f}"]
+        row += [f"{c['harness_us_per_update']:+.0f} / {c['bare_us_per_update']:.0f}", str(target(p["batch_size"]))]
+        row += [p["verdict"]]
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)

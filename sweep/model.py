@@ -66,5 +66,9 @@ class RecurrentModel(nn.Module):
 
 def sequence_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Mean cross-entropy per target token. logits [B, T, H, V], targets [H, B, T] (IGNORE where undefined)."""
-    flat_targets = targets.permute(1, 2, 0).reshape(-1)
-    return nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), flat_targets, ignore_index=-100)
+    return token_loss(logits, targets.permute(1, 2, 0))
+
+
+def token_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """sequence_loss with the targets already batch-first, [B, T, H]: the training loop's layout."""
+    return nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100)

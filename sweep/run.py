@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import inspect
 import logging
 import os
 import shutil
@@ -16,13 +15,10 @@ from omegaconf import DictConfig
 
 from sweep import lease, record
 from sweep.config import ConfigError, validate
+from sweep.cpus import default_threads
 from sweep.train import resolve_device, train
 
 log = logging.getLogger(__name__)
-
-
-def default_threads(parallel_jobs: int) -> int:
-    return max(1, (os.cpu_count() or 1) // max(1, parallel_jobs))
 
 
 def _measure_fn(cfg: DictConfig):
@@ -31,6 +27,16 @@ def _measure_fn(cfg: DictConfig):
     from sweep.measures import measure_all  # imported lazily: only runs that measure pay for it
 
     return measure_all
+
+
+def _trial_reporter(cfg: DictConfig):
+    """An Optuna trial's run reports its evaluation points (and may be pruned); a plain run has no hook and
+    never imports optuna."""
+    if cfg.get("trial") is None:
+        return None
+    from sweep.pruning import reporter_for
+
+    return reporter_for(cfg)
 
 
 def run_job(
@@ -90,10 +96,7 @@ def _train_and_record(
         device = resolve_device(cfg.device)
         rec["env"] = record.environment(device, threads, parallel_jobs, launcher)
         _inject_failure(out_dir)
-        kwargs: dict[str, Any] = {"measure_fn": _measure_fn(cfg)}
-        if "checkpoint_dir" in inspect.signature(train).parameters:
-            kwargs["checkpoint_dir"] = out_dir
-        result = train(cfg, **kwargs)
+        result = train(cfg, measure_fn=_measure_fn(cfg), checkpoint_dir=out_dir, on_eval=_trial_reporter(cfg))
     except ConfigError:
         raise
     except Exception as exc:  # one job's failure is recorded, never allowed to stop the sweep

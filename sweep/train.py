@@ -25,8 +25,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from sweep import checkpoint, record
 from sweep.config import effective_lr
-from sweep.data import IGNORE, get_batch, num_windows, repackage_hidden
-from sweep.model import RecurrentModel, State, sequence_loss
+from sweep.data import IGNORE, num_windows, repackage_hidden
+from sweep.model import RecurrentModel, State, token_loss
 from sweep.tasks import TaskData, make_task
 
 log = logging.getLogger(__name__)
@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class TrainResult:
-    status: str  # complete | diverged
+    status: str  # complete | diverged | pruned
     summary: dict[str, Any]
     steps: pd.DataFrame
     evals: pd.DataFrame
@@ -102,19 +102,20 @@ def make_update(
     """The one training update, shared by train() and the speed phase (sweep/speed.py) so that both time the
     same work: `update(x, y, state, group_norms) -> (loss, pre-clip grad norm, new state, group norms | None)`.
 
-    loss and norm stay device tensors (no host sync per update); the per-group norms, when asked for, are
-    taken after backward and before clipping, like the global norm.
+    `y` is the window's targets batch-first, [B, T, heads] (WindowStream lays them out so once, instead of
+    permuting a copy every update). loss and norm stay device tensors (no host sync per update); the per-group
+    norms, when asked for, are taken after backward and before clipping, like the global norm.
     """
 
     def update(x: torch.Tensor, y: torch.Tensor, state: State, group_norms: bool = False):
-        logits, state = window_forward(model, x, state)
-        loss = sequence_loss(logits, y)
+        logits, state = model(x, repackage_hidden(state))  # = window_forward, without one more Python call
+        loss = token_loss(logits, y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         by_group = _group_norms(groups) if group_norms and groups is not None else None
         norm = torch.nn.utils.clip_grad_norm_(params, clip, foreach=True)  # returns the pre-clip norm
         optimizer.step()
-        return loss.detach(), norm.detach(), state, by_group
+        return loss, norm, state, by_group
 
     return update
 
@@ -126,10 +127,12 @@ class WindowStream:
     state is reset to zeros at the start of every pass, and windows without any defined target (the first
     `lag` columns of a pass on echo/lags) are run forward without gradient, carrying the state, with no update.
     The speed phase uses `ready`/`prepare`/`take` to leave those forward-only steps out of its timed segments.
+    Windows come as (inputs [B, T], targets [B, T, heads]): the targets are laid out batch-first once here.
     """
 
     def __init__(self, model: RecurrentModel, inputs: torch.Tensor, targets: torch.Tensor, num_steps: int) -> None:
-        self.model, self.inputs, self.targets, self.num_steps = model, inputs, targets, num_steps
+        self.model, self.inputs, self.num_steps = model, inputs, num_steps
+        self.targets = targets.permute(1, 2, 0).contiguous()  # [heads, B, L] -> [B, L, heads]
         self.batch_size, self.device = inputs.shape[0], inputs.device
         self.windows = num_windows(inputs, num_steps)
         column_has_target = (targets != IGNORE).any(dim=0).any(dim=0)[: self.windows * num_steps]
@@ -154,15 +157,16 @@ class WindowStream:
                 state = self.model.init_state(self.batch_size, self.device)  # reset at the start of each pass
             if self.has_target[self.index]:
                 return state
-            x, _ = get_batch(self.inputs, self.targets, self.index, self.num_steps)
+            start = self.index * self.num_steps
             with torch.no_grad():
-                _, state = self.model(x, state)
+                _, state = self.model(self.inputs[:, start : start + self.num_steps], state)
             self.index += 1
 
     def take(self) -> tuple[torch.Tensor, torch.Tensor]:
-        x, y = get_batch(self.inputs, self.targets, self.index, self.num_steps)
+        start = self.index * self.num_steps
         self.index += 1
-        return x, y
+        end = start + self.num_steps
+        return self.inputs[:, start:end], self.targets[:, start:end]
 
     def next_window(self, state: State | None) -> tuple[torch.Tensor, torch.Tensor, State]:
         # `ready` and `take` inlined: this runs once per update of train(), where every Python call shows
@@ -171,8 +175,9 @@ class WindowStream:
             state = self.prepare(state)
             i = self.index
         self.index = i + 1
-        x, y = get_batch(self.inputs, self.targets, i, self.num_steps)
-        return x, y, state
+        start = i * self.num_steps
+        end = start + self.num_steps
+        return self.inputs[:, start:end], self.targets[:, start:end], state
 
 
 class TrainClock:
@@ -253,11 +258,6 @@ def evaluate(model: RecurrentModel, inputs: torch.Tensor, targets: torch.Tensor)
     }
 
 
-def _progress(kind: str, amount: float, tokens: int, updates: int, seconds: float) -> float:
-    done = tokens if kind == "tokens" else updates if kind == "updates" else seconds
-    return done / amount
-
-
 def _finite_or_none(x: float) -> float | None:
     return float(x) if x is not None and math.isfinite(x) else None
 
@@ -303,7 +303,142 @@ def _noise_scale(cfg: DictConfig):
     return noise_scale_at
 
 
-def train(cfg: DictConfig, measure_fn=None, checkpoint_dir: Path | None = None) -> TrainResult:
+class Recorder:
+    """What train() keeps: per update the loss, the pre-clip norm and the training clock, every
+    `group_norm_every` updates the per-group norms, and the rows of the evaluation points and measure
+    checkpoints; `steps()` turns the per-update history into the steps table.
+
+    On a CPU the loss and the norm are read as Python floats at once: `.item()` costs ~0.2 us there (no device
+    to wait for), and floats are cheaper to keep and to check for divergence than one tensor per update. On a
+    GPU they stay device tensors, since reading them would synchronise the device every update."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.on_host = device.type == "cpu"
+        self.losses: list[Any] = []
+        self.norms: list[Any] = []
+        self.times: list[float] = []
+        self.group_rows: list[dict[str, float]] = []
+        self.evals: list[dict[str, Any]] = []
+        self.measure_rows: list[dict[str, Any]] = []
+        self.measure_profiles: list[pd.DataFrame] = []
+        self.warm: tuple[int, float] = (0, 0.0)  # (tokens, training seconds) at the end of the warm-up
+        self.add = self._add_float if self.on_host else self._add_tensor
+
+    def _add_float(self, loss: torch.Tensor, norm: torch.Tensor, seconds: float) -> None:
+        self.losses.append(loss.item())
+        self.norms.append(norm.item())
+        self.times.append(seconds)
+
+    def _add_tensor(self, loss: torch.Tensor, norm: torch.Tensor, seconds: float) -> None:
+        self.losses.append(loss.detach())
+        self.norms.append(norm.detach())
+        self.times.append(seconds)
+
+    def diverged(self, last: int, max_loss: float) -> bool:
+        """Any of the last `last` updates with a non-finite loss or norm, or a loss above `max_loss`."""
+        if not self.on_host:
+            return _diverged(self.losses, self.norms, last, max_loss)
+        ok = all(math.isfinite(x) and x <= max_loss for x in self.losses[-last:])
+        return not (ok and all(math.isfinite(x) for x in self.norms[-last:]))
+
+    def arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        """Loss and norm per update as float32 arrays (the values the update computed, unrounded)."""
+        if not self.losses:
+            return np.zeros(0, dtype=np.float32), np.zeros(0, dtype=np.float32)
+        if self.on_host:
+            return np.asarray(self.losses, dtype=np.float32), np.asarray(self.norms, dtype=np.float32)
+        return torch.stack(self.losses).float().cpu().numpy(), torch.stack(self.norms).float().cpu().numpy()
+
+    def state_dict(self) -> dict[str, Any]:
+        losses, norms = self.arrays()
+        return {
+            "losses": torch.from_numpy(losses),
+            "norms": torch.from_numpy(norms),
+            "times": self.times,
+            "group_rows": self.group_rows,
+            "evals": self.evals,
+            "checkpoint_scalars": self.measure_rows,
+            "checkpoint_profiles": self.measure_profiles,
+            "warm": self.warm,
+        }
+
+    def load_state_dict(self, saved: dict[str, Any], device: torch.device) -> None:
+        if self.on_host:
+            self.losses, self.norms = saved["losses"].tolist(), saved["norms"].tolist()
+        else:
+            self.losses = list(saved["losses"].to(device).unbind(0))
+            self.norms = list(saved["norms"].to(device).unbind(0))
+        self.times, self.group_rows, self.evals = list(saved["times"]), list(saved["group_rows"]), list(saved["evals"])
+        self.measure_rows = list(saved["checkpoint_scalars"])
+        self.measure_profiles = list(saved["checkpoint_profiles"])
+        self.warm = tuple(saved["warm"])  # type: ignore[assignment]
+
+    def steps(self, batch_size: int, num_steps: int, clip: float, max_loss: float) -> tuple[pd.DataFrame, int | None]:
+        """The steps table and the first update whose loss or norm is not finite or too large (None if none)."""
+        loss, norm = self.arrays()
+        bad = ~(np.isfinite(loss) & np.isfinite(norm) & (loss <= max_loss))
+        n = np.arange(len(loss))
+        steps = pd.DataFrame(
+            {
+                "step": n,
+                "tokens": (n + 1) * batch_size * num_steps,
+                "time_s": np.asarray(self.times[: len(loss)]),
+                "loss": loss,
+                "grad_norm": norm,
+                "clipped": norm > clip,
+            }
+        )
+        if self.group_rows:
+            steps = steps.merge(pd.DataFrame(self.group_rows), on="step", how="left")
+        return steps, (int(np.argmax(bad)) if bad.any() else None)
+
+
+class Stops:
+    """Where training pauses for untimed work, as fractions of the budget: the evaluation points (the last one
+    is at the end, after the loop) and the measure checkpoints. `next` is one float for the loop to compare."""
+
+    def __init__(self, eval_points: int, measure_checkpoints: int) -> None:
+        self.evals = Schedule([k / eval_points for k in range(1, eval_points)])
+        self.measures = Schedule([k / (measure_checkpoints + 1) for k in range(1, measure_checkpoints + 1)])
+        self.next = min(self.evals.next, self.measures.next)
+
+    def due(self, frac: float) -> tuple[bool, bool]:
+        """(evaluate now, measure now); moves `next` on."""
+        due = self.evals.due(frac), self.measures.due(frac)
+        self.next = min(self.evals.next, self.measures.next)
+        return due
+
+    def state_dict(self) -> dict[str, list[float]]:
+        return {"eval_left": self.evals.left, "measure_left": self.measures.left}
+
+    def load_state_dict(self, saved: dict[str, Any]) -> None:
+        self.evals.left, self.measures.left = list(saved["eval_left"]), list(saved["measure_left"])
+        self.next = min(self.evals.next, self.measures.next)
+
+
+def _held_out(cfg: DictConfig, data: TaskData, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    inputs, targets = (t.to(device) for t in data.rows("valid", cfg.eval.rows))
+    if cfg.eval.max_tokens:  # a long held-out text evaluated at every point would cost more than the training
+        cols = max(1, cfg.eval.max_tokens // cfg.eval.rows)
+        inputs, targets = inputs[:, :cols], targets[..., :cols]
+    return inputs, targets
+
+
+OnEval = Callable[[int, dict[str, Any]], bool]
+
+
+def _eval_metrics(row: dict[str, Any]) -> dict[str, Any]:
+    """What an `on_eval` hook sees of an evaluation point: held-out loss and mean accuracy over measured heads."""
+    measured = [a for a in row["accuracy"] if a is not None]
+    return {"valid_loss": row["loss"], "valid_accuracy": float(np.mean(measured)) if measured else None}
+
+
+def train(
+    cfg: DictConfig,
+    measure_fn=None,
+    checkpoint_dir: Path | None = None,
+    on_eval: OnEval | None = None,
+) -> TrainResult:
     """Train one grid point (semantics: docs/protocol.md).
 
     `measure_fn(model, data, cfg, device, initial=<the network as initialised>) -> (scalars, profiles)` runs at
@@ -313,6 +448,9 @@ def train(cfg: DictConfig, measure_fn=None, checkpoint_dir: Path | None = None) 
     With `checkpoint_dir` and `checkpoint.every_s` > 0, the whole training state is saved there (sweep/checkpoint.py)
     at most every `every_s` seconds of wall-clock, between updates and outside the training clock; a call that
     finds a checkpoint of the same config there resumes from it and ends as the uninterrupted run would have.
+
+    `on_eval(update, {"valid_loss", "valid_accuracy"})` is called at each evaluation point during training (an
+    Optuna trial reports there, sweep/pruning.py); when it returns True the run stops with status "pruned".
     """
     device = resolve_device(cfg.device)
     run = build_setup(cfg, device)
@@ -321,85 +459,42 @@ def train(cfg: DictConfig, measure_fn=None, checkpoint_dir: Path | None = None) 
     noise_fn = _noise_scale(cfg)
     # Cross-entropy starts near ln(V); a loss this many times larger (or NaN/inf) will not come back.
     max_loss = cfg.divergence_factor * math.log(data.out_vocab)
-    batch_size, num_steps = cfg.batch_size, cfg.num_steps
-
-    valid_inputs, valid_targets = (t.to(device) for t in data.rows("valid", cfg.eval.rows))
-    if cfg.eval.max_tokens:  # a long held-out text evaluated at every point would cost more than the training
-        cols = max(1, cfg.eval.max_tokens // cfg.eval.rows)
-        valid_inputs, valid_targets = valid_inputs[:, :cols], valid_targets[..., :cols]
-    eval_at = Schedule([k / cfg.eval.points for k in range(1, cfg.eval.points)])  # the last one is at the end
-    checkpoints = cfg.measure.checkpoints if measure_fn is not None else 0
-    measure_at = Schedule([k / (checkpoints + 1) for k in range(1, checkpoints + 1)])
-    checkpoint_scalars: list[dict[str, Any]] = []
-    checkpoint_profiles: list[pd.DataFrame] = []
-
-    losses: list[torch.Tensor] = []
-    norms: list[torch.Tensor] = []
-    times: list[float] = []
-    group_rows: list[dict[str, float]] = []
-    evals: list[dict[str, Any]] = []
-    updates = tokens = 0
-    clock = TrainClock(device)  # training seconds, evaluation and measures excluded
-    warm_tokens, warm_time = 0, 0.0
-    status, diverged_at = "complete", None
-    last_log = time.perf_counter()
-    # Plain Python copies of the config values read every update: each DictConfig lookup costs 10-20 us,
-    # about 8 per update = 130-300 us/update, 5-15 % of a small update's time (bench/README.md).
-    group_norm_every, warmup_updates = int(cfg.group_norm_every), int(cfg.warmup_updates)
-    budget_kind, budget_amount = str(cfg.budget.kind), float(cfg.budget.amount)
-    progress_every_s = float(cfg.progress_every_s)
-    tokens_per_update = batch_size * num_steps
-
+    valid_inputs, valid_targets = _held_out(cfg, data, device)
     n_evals = int(cfg.eval.points)
+    stops = Stops(n_evals, cfg.measure.checkpoints if measure_fn is not None else 0)
+    rec = Recorder(device)
+    clock = TrainClock(device)  # training seconds, evaluation and measures excluded
     noise_points = int(OmegaConf.select(cfg, "measure.noise_points", default=0) or 0)
+    every_s = float(OmegaConf.select(cfg, "checkpoint.every_s", default=0.0) or 0.0)
+    saving = checkpoint_dir is not None and every_s > 0
+    sig = record.signature(cfg) if checkpoint_dir is not None else ""
+    label = checkpoint_dir.name if checkpoint_dir is not None else str(cfg.model.cell)  # names progress lines
+    updates = tokens = 0
+    state = None
 
     def noise_due(i: int) -> bool:
         """Evaluation i of n_evals (1-based) carries the noise scale: `noise_points` of them, evenly spread, the
         last one included (0 = every evaluation). It costs a few backward passes, more than the evaluation."""
         return noise_points <= 0 or (i * noise_points) // n_evals > ((i - 1) * noise_points) // n_evals
 
-    def run_eval() -> None:
-        result = evaluate(model, valid_inputs, valid_targets)
-        row = {"step": updates, "tokens": tokens, "time_s": clock.done, **result}
-        if noise_fn is not None and noise_due(len(evals) + 1):
+    def run_eval() -> dict[str, Any]:
+        row = {"step": updates, "tokens": tokens, "time_s": clock.done, **evaluate(model, valid_inputs, valid_targets)}
+        if noise_fn is not None and noise_due(len(rec.evals) + 1):
             with _untimed(device):
                 row.update(noise_fn(model, data, cfg, device))
-        evals.append(row)
+        rec.evals.append(row)
+        return row
 
     def run_measures() -> tuple[dict[str, Any], pd.DataFrame]:
         with _untimed(device):
             return measure_fn(model, data, cfg, device, initial=initial_model)
 
-    state = None
-    every_s = float(OmegaConf.select(cfg, "checkpoint.every_s", default=0.0) or 0.0)
-    saving = checkpoint_dir is not None and every_s > 0
-    sig = record.signature(cfg) if checkpoint_dir is not None else ""
-
     def save_checkpoint() -> None:
-        checkpoint.save(
-            checkpoint_dir,  # type: ignore[arg-type]
-            sig,
-            {
-                "updates": updates,
-                "tokens": tokens,
-                "model": model.state_dict(),
-                "optimizer": run.optimizer.state_dict(),
-                "rng": checkpoint.rng_states(device),
-                "state": checkpoint.to_device(state, "cpu"),
-                "stream": {"index": stream.index, "passes": stream.passes},
-                "losses": torch.stack(losses).cpu(),
-                "norms": torch.stack(norms).cpu(),
-                "times": times,
-                "group_rows": group_rows,
-                "evals": evals,
-                "checkpoint_scalars": checkpoint_scalars,
-                "checkpoint_profiles": checkpoint_profiles,
-                "clock_done": clock.done,
-                "warm": (warm_tokens, warm_time),
-                "eval_left": eval_at.left,
-                "measure_left": measure_at.left,
-            },
-        )
+        training = {"updates": updates, "tokens": tokens, "state": checkpoint.to_device(state, "cpu")}
+        training.update(model=model.state_dict(), optimizer=run.optimizer.state_dict())
+        training.update(rng=checkpoint.rng_states(device), stream={"index": stream.index, "passes": stream.passes})
+        training.update(rec.state_dict(), **stops.state_dict(), clock_done=clock.done)
+        checkpoint.save(checkpoint_dir, sig, training)  # type: ignore[arg-type]
 
     saved = checkpoint.load(checkpoint_dir, sig) if checkpoint_dir is not None else None
     if saved is not None:
@@ -408,47 +503,52 @@ def train(cfg: DictConfig, measure_fn=None, checkpoint_dir: Path | None = None) 
         updates, tokens = int(saved["updates"]), int(saved["tokens"])
         state = checkpoint.to_device(saved["state"], device)
         stream.index, stream.passes = int(saved["stream"]["index"]), int(saved["stream"]["passes"])
-        losses = list(saved["losses"].to(device).unbind(0))
-        norms = list(saved["norms"].to(device).unbind(0))
-        times, group_rows, evals = list(saved["times"]), list(saved["group_rows"]), list(saved["evals"])
-        checkpoint_scalars = list(saved["checkpoint_scalars"])
-        checkpoint_profiles = list(saved["checkpoint_profiles"])
+        rec.load_state_dict(saved, device)
+        stops.load_state_dict(saved)
         clock.done = float(saved["clock_done"])
-        warm_tokens, warm_time = saved["warm"]
-        eval_at.left, measure_at.left = list(saved["eval_left"]), list(saved["measure_left"])
         checkpoint.set_rng_states(saved["rng"], device)  # last: nothing after it may draw before the loop
-        log.info("resuming from %s at update %d", checkpoint.path_in(checkpoint_dir), updates)  # type: ignore[arg-type]
+        log.info("resuming %s at update %d", label, updates)
         del saved
-    next_stop = min(eval_at.next, measure_at.next)  # one float compare per update instead of two list checks
+
+    # The update loop. Config values read every update are plain Python locals: a DictConfig lookup costs
+    # 10-20 us, several per update would be 5-15 % of a small update (bench/README.md).
+    group_every, warmup_updates = int(cfg.group_norm_every), int(cfg.warmup_updates)
+    budget_kind, budget_amount = str(cfg.budget.kind), float(cfg.budget.amount)
+    tokens_per_update, progress_every_s = cfg.batch_size * cfg.num_steps, float(cfg.progress_every_s)
+    status = "complete"
     next_save = time.perf_counter() + every_s if saving else math.inf
+    last_log = time.perf_counter()
     clock.resume()
     while True:
         x, y, state = stream.next_window(state)
-        loss, norm, state, by_group = update(x, y, state, updates % group_norm_every == 0)
+        loss, norm, state, by_group = update(x, y, state, updates % group_every == 0)
         if by_group is not None:
-            group_rows.append({"step": updates, **by_group})
-        losses.append(loss)
-        norms.append(norm)
+            rec.group_rows.append({"step": updates, **by_group})
         updates += 1
         tokens += tokens_per_update
         now = time.perf_counter()
-        times.append(clock.at(now))
+        seconds = clock.at(now)
+        rec.add(loss, norm, seconds)
         if updates == warmup_updates:
-            warm_tokens, warm_time = tokens, clock.read()
-        if updates % group_norm_every == 0 and _diverged(losses, norms, group_norm_every, max_loss):
+            rec.warm = (tokens, clock.read())
+        if updates % group_every == 0 and rec.diverged(group_every, max_loss):
             status = "diverged"
-        frac = _progress(budget_kind, budget_amount, tokens, updates, times[-1])
-        if status == "diverged" or frac >= 1.0:
             break
-        if frac >= next_stop:
+        frac = (updates if budget_kind == "updates" else tokens if budget_kind == "tokens" else seconds) / budget_amount
+        if frac >= 1.0:
+            break
+        if frac >= stops.next:
             clock.pause()  # evaluation and measures are not timed
-            if eval_at.due(frac):
-                run_eval()
-            if measure_at.due(frac):
-                scalars, prof = run_measures()
-                checkpoint_scalars.append({"step": updates, "tokens": tokens, **scalars})
-                checkpoint_profiles.append(prof.assign(step=updates))
-            next_stop = min(eval_at.next, measure_at.next)
+            evaluate_now, measure_now = stops.due(frac)
+            if evaluate_now:
+                row = run_eval()
+                if on_eval is not None and on_eval(updates, _eval_metrics(row)):
+                    status = "pruned"
+                    break
+            if measure_now:
+                scalars, profile = run_measures()
+                rec.measure_rows.append({"step": updates, "tokens": tokens, **scalars})
+                rec.measure_profiles.append(profile.assign(step=updates))
             clock.resume()
         if now >= next_save:  # between two updates, outside the training clock
             clock.pause()
@@ -460,49 +560,27 @@ def train(cfg: DictConfig, measure_fn=None, checkpoint_dir: Path | None = None) 
             clock.resume()
         if now - last_log >= progress_every_s:
             last_log = now
-            log.info(
-                "%s %5.1f%%  update %d  loss %.4f  %.0f tok/s",
-                cfg.model.cell,
-                100 * frac,
-                updates,
-                loss.item(),
-                tokens / max(times[-1], 1e-9),
-            )
+            log.info("%s %5.1f%%  update %d  loss %.4f  %.0f tok/s", label, 100 * frac, updates, float(loss.detach()),
+                     tokens / max(seconds, 1e-9))  # fmt: skip
     train_clock = clock.pause()
 
-    loss_arr = torch.stack(losses).float().cpu().numpy() if losses else np.zeros(0)
-    norm_arr = torch.stack(norms).float().cpu().numpy() if norms else np.zeros(0)
-    bad = ~(np.isfinite(loss_arr) & np.isfinite(norm_arr) & (loss_arr <= max_loss))
-    if bad.any():
+    steps, diverged_at = rec.steps(cfg.batch_size, cfg.num_steps, run.clip, max_loss)
+    if diverged_at is not None:
         status = "diverged"
-        diverged_at = int(np.argmax(bad))
-    steps = pd.DataFrame(
-        {
-            "step": np.arange(len(loss_arr)),
-            "tokens": (np.arange(len(loss_arr)) + 1) * batch_size * num_steps,
-            "time_s": np.asarray(times[: len(loss_arr)]),
-            "loss": loss_arr,
-            "grad_norm": norm_arr,
-            "clipped": norm_arr > run.clip,
-        }
-    )
-    if group_rows:
-        steps = steps.merge(pd.DataFrame(group_rows), on="step", how="left")
-
     profiles = pd.DataFrame()
     measures: dict[str, Any] = {}
     if status == "complete":
         run_eval()
         if measure_fn is not None:
             measures, final_profiles = run_measures()
-            profiles = pd.concat([*checkpoint_profiles, final_profiles.assign(step=len(loss_arr))], ignore_index=True)
-            if checkpoint_scalars:
-                measures["measure_checkpoints"] = checkpoint_scalars
+            profiles = pd.concat([*rec.measure_profiles, final_profiles.assign(step=len(steps))], ignore_index=True)
+            if rec.measure_rows:
+                measures["measure_checkpoints"] = rec.measure_rows
 
-    summary = _summarize(cfg, data, steps, evals, train_clock, warm_tokens, warm_time, stream.passes)
+    summary = _summarize(cfg, data, steps, rec.evals, train_clock, *rec.warm, stream.passes)
     summary.update(measures)
     summary["diverged_at_step"] = diverged_at
-    return TrainResult(status, summary, steps, _evals_frame(evals, data), profiles, model, data)
+    return TrainResult(status, summary, steps, _evals_frame(rec.evals, data), profiles, model, data)
 
 
 def _group_norms(groups: dict[str, list[torch.nn.Parameter]]) -> dict[str, float]:

@@ -18,7 +18,7 @@ import pytest
 
 import sweep.train
 from sweep import checkpoint
-from sweep.model import sequence_loss
+from sweep.model import token_loss
 from sweep.run import _measure_fn
 from sweep.train import TrainResult, train
 from tests.conftest import REPO, TINY
@@ -68,9 +68,9 @@ def assert_same(a: TrainResult, b: TrainResult) -> None:
 
 
 def _count_updates(monkeypatch, kill_after: int | None = None) -> list[int]:
-    """Count training updates (each calls sweep.train.sequence_loss once); raise Killed in update kill_after + 1."""
+    """Count training updates (each calls sweep.train.token_loss once); raise Killed in update kill_after + 1."""
     calls = [0]
-    real = sequence_loss
+    real = token_loss
 
     def counting(logits, targets):
         if kill_after is not None and calls[0] >= kill_after:
@@ -78,7 +78,7 @@ def _count_updates(monkeypatch, kill_after: int | None = None) -> list[int]:
         calls[0] += 1
         return real(logits, targets)
 
-    monkeypatch.setattr(sweep.train, "sequence_loss", counting)
+    monkeypatch.setattr(sweep.train, "token_loss", counting)
     return calls
 
 
@@ -127,20 +127,20 @@ def test_random_draws_during_training_go_on_as_in_the_uninterrupted_run(make_cfg
             if kill_after is not None and len(draws) >= kill_after:
                 raise Killed
             draws.append((torch.rand(1).item(), np.random.rand(), pyrandom.random()))
-            return sequence_loss(logits, targets)
+            return token_loss(logits, targets)
 
         return loss
 
     cfg = make_cfg(*PLAIN, "checkpoint.every_s=1e-9")
     want: list = []
-    monkeypatch.setattr(sweep.train, "sequence_loss", drawing(want))
+    monkeypatch.setattr(sweep.train, "token_loss", drawing(want))
     train(make_cfg(*PLAIN))
     first: list = []
-    monkeypatch.setattr(sweep.train, "sequence_loss", drawing(first, kill_after=17))
+    monkeypatch.setattr(sweep.train, "token_loss", drawing(first, kill_after=17))
     with pytest.raises(Killed):
         train(cfg, checkpoint_dir=tmp_path)
     rest: list = []
-    monkeypatch.setattr(sweep.train, "sequence_loss", drawing(rest))
+    monkeypatch.setattr(sweep.train, "token_loss", drawing(rest))
     train(cfg, checkpoint_dir=tmp_path)
     assert first + rest == want and len(rest) == 13
 
