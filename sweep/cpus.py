@@ -37,11 +37,15 @@ def _quota(cpu_max: str) -> int | None:
     return max(1, math.ceil(quota / period)) if quota > 0 and period > 0 else None
 
 
-def _cgroup_quota(root: Path = CGROUP_ROOT) -> int | None:
+def _own_cgroups() -> list[str]:
     try:
-        own = Path("/proc/self/cgroup").read_text().splitlines()
+        return Path("/proc/self/cgroup").read_text().splitlines()
     except OSError:
-        own = []
+        return []
+
+
+def _cgroup_quota(root: Path = CGROUP_ROOT, own: list[str] | None = None) -> int | None:
+    own = _own_cgroups() if own is None else own
     # cgroup v2: one line "0::/path"; the limit may be set on this group or any group above it
     for line in own:
         if line.startswith("0::"):

@@ -317,3 +317,24 @@ def test_summary_reports_late_jitter(make_cfg):
     expected = late_jitter(result.steps["loss"].to_numpy(), result.steps["grad_norm"].to_numpy())
     assert {k: result.summary[k] for k in expected} == expected
     assert result.summary["loss_jitter"] > 0
+
+
+def test_an_on_eval_hook_that_says_stop_prunes_the_run_at_that_evaluation(make_cfg):
+    """The hook sees each evaluation point during training (not the final one) and can stop the run there."""
+    cfg = make_cfg("budget.amount=40", "eval.points=4", "model.hidden_size=8", "measure.enabled=false")
+    seen: list[tuple[int, dict]] = []
+
+    def hook(update: int, metrics: dict) -> bool:
+        seen.append((update, metrics))
+        return len(seen) == 2
+
+    full = train(cfg)
+    pruned = train(cfg, on_eval=hook)
+    assert [u for u, _ in seen] == [10, 20]
+    assert pruned.status == "pruned" and pruned.summary["updates"] == 20
+    assert list(pruned.evals["step"]) == [10, 20]  # no final evaluation after a prune
+    assert seen[1][1]["valid_loss"] == pytest.approx(pruned.evals["loss"].iloc[-1])
+    # up to the prune, the same trajectory as the run that was not stopped
+    assert pruned.steps["loss"].tolist() == full.steps["loss"].iloc[:20].tolist()
+    never = train(cfg, on_eval=lambda u, m: False)
+    assert never.status == "complete" and never.steps["loss"].tolist() == full.steps["loss"].tolist()
