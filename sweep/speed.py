@@ -68,8 +68,11 @@ def superlinear(speedup: float, batch_ratio: float, tolerance: float = 0.0) -> b
 
 
 def plan_hash(plan: dict[str, Any]) -> str:
-    """sha256 of what the timings depend on; `out` is left out, so a moved folder still counts as done."""
-    blob = json.dumps({k: plan[k] for k in HASHED}, sort_keys=True, default=str).encode()
+    """sha256 of what the timings depend on; `out` is left out, so a moved folder still counts as done. The
+    device enters as its class (record.device_class): `auto` on a GPU machine must not reuse a CPU timing file."""
+    hashed = {k: plan[k] for k in HASHED}
+    hashed["device"] = record.device_class(str(plan["device"]))
+    blob = json.dumps(hashed, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()
 
 

@@ -204,3 +204,16 @@ def test_the_speed_phase_trains_the_network_train_trains(make_cfg):
     trained = train(cfg).model
     for a, b in zip(point.setup.model.parameters(), trained.parameters(), strict=True):
         assert torch.equal(a, b)
+
+
+def test_the_plan_hash_names_the_device_class_not_the_word_auto(monkeypatch):
+    """A GPU rerun of `device: auto` must not find a CPU timing file done (and the CPU hash stays the same)."""
+    from sweep import record
+
+    plan = {k: 1 for k in ("points", "rounds", "min_seconds", "min_updates", "warmup_updates", "threads")}
+    on_cpu = plan_hash({**plan, "device": "cpu"})
+    monkeypatch.setattr(record, "device_class", lambda device, environ=None: "cpu")
+    assert plan_hash({**plan, "device": "auto"}) == on_cpu
+    monkeypatch.setattr(record, "device_class", lambda device, environ=None: "cuda")
+    assert plan_hash({**plan, "device": "auto"}) != on_cpu
+    assert plan_hash({**plan, "device": "auto"}) == plan_hash({**plan, "device": "cuda"})
