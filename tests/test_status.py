@@ -257,3 +257,14 @@ def test_dry_run_into_a_new_results_dir_creates_nothing(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert not (tmp_path / "new").exists()
     assert "2 points: 0 already complete, 2 to run; 1 job at once x " in proc.stdout
+
+
+def test_dry_run_of_a_tuned_grid_hands_nothing_to_the_tuner_and_writes_nothing(tmp_path):
+    results = tmp_path / "results"
+    grid = ["experiment=tune", "model=lstm", "batch_size=1,4", "num_steps=16", "seed=0"]
+    proc = run_cli("-m", *TINY, *grid, f"results_dir={results}", "hydra.sweeper.dry_run=true")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert not results.exists()  # no study storage, no folders
+    out = proc.stdout.splitlines()
+    assert any(ln.startswith("tuning first: optim.lr searched in every cell") for ln in out), out
+    assert out[-1].startswith("2 points: how many are complete is known after the phases above;")

@@ -181,11 +181,17 @@ class GridSweeperImpl(SweeperBase):
                 jobs = _phases.with_chosen_lr(jobs, chosen)
             else:
                 grid_known = False
-                lines.append("  (each grid point's lr, and so its folder, is known once the search has run)")
+                lines.append(
+                    "  then each point below runs with its group's chosen lr (its folder is known once chosen)"
+                )
         if self.tune.get("search"):
-            lines.append(f"tuning: each point's optim.lr searched by {self.tuner_class.rsplit('.', 1)[-1]} "
-                         f"({self.tune.get('n_trials')} trials x {len(self.tune.get('search_seeds') or [])} "
-                         "search seeds per cell) before it runs")  # fmt: skip
+            grid_known = False
+            keys = ", ".join(self.tune["search"])
+            lines.append(
+                f"tuning first: {keys} searched in every cell by {self.tuner_class.rsplit('.', 1)[-1]} "
+                f"({self.tune.get('n_trials')} trials x {len(self.tune.get('search_seeds') or [])} search seeds per "
+                "cell); then each point below runs with its cell's best value (its folder is known once tuned)"
+            )
         done_flags = [grid_known and is_done(j.out_dir, j.signature) for j in jobs]
         shown = _varying(jobs)
         for job, done in zip(jobs, done_flags, strict=True):
@@ -195,10 +201,13 @@ class GridSweeperImpl(SweeperBase):
         parallel = self.parallelism()
         threads = (jobs[0].config.threads if jobs and jobs[0].config is not None else None) or default_threads(parallel)
         launcher = str(self.config.hydra.launcher.get("_target_", "")).rsplit(".", 1)[-1]
-        lines.append(
-            f"{len(jobs)} points: {n_done} already complete, {len(jobs) - n_done} to run; "
-            f"{_n(parallel, 'job')} at once x {_n(threads, 'thread')} each ({launcher})"
+        done_text = (
+            f"{n_done} already complete, {len(jobs) - n_done} to run"
+            if grid_known
+            else ("how many are complete is known after the phases above")
         )
+        lines.append(f"{len(jobs)} points: {done_text}; {_n(parallel, 'job')} at once x {_n(threads, 'thread')} each "
+                     f"({launcher})")  # fmt: skip
         return "\n".join(lines)
 
     @staticmethod
