@@ -1,6 +1,6 @@
 """The grid sweeper's phases before the grid trains: the speed phase and the lr search (docs/protocol.md).
 
-Imported lazily by grid_sweeper.py (the leading underscore keeps Hydra's plugin scan from executing it on
+Imported lazily by _impl.py (the leading underscore keeps Hydra's plugin scan from executing it on
 every start), and free of torch: the speed phase runs in a child process (`python -m sweep.speed`), the lr
 search through the sweep's own launcher, so the sweep's parent process never trains.
 """
