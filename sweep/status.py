@@ -159,7 +159,8 @@ def eta_seconds(
     ended: Sequence[tuple[float, float]], left: Sequence[tuple[float, float]], parallel: int
 ) -> float | None:
     """Seconds until the jobs `left` end. `ended`: (seconds, expected cost) of jobs that ended; `left`: (expected
-    cost, seconds already spent) of every job not ended yet (0 spent when not started). None before any ended."""
+    cost, seconds already spent) of every job not ended yet (0 spent when not started); a job already past its
+    expected time counts as about to end. None before any ended."""
     measured = [(s, c) for s, c in ended if c > 0]
     if not measured:
         return None
