@@ -24,6 +24,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from sweep import checkpoint, record
+from sweep._torch_api import plain_step, skip_dynamo_import
 from sweep.config import effective_lr
 from sweep.data import IGNORE, num_windows, repackage_hidden
 from sweep.model import RecurrentModel, State, token_loss
@@ -77,6 +78,7 @@ def build_model(cfg: DictConfig, data: TaskData) -> RecurrentModel:
 
 
 def build_optimizer(cfg: DictConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
+    skip_dynamo_import()  # 1-2 s of every fresh worker otherwise (sweep/_torch_api.py)
     lr = effective_lr(cfg)
     if cfg.optim.name == "sgd":
         return torch.optim.SGD(model.parameters(), lr=lr, momentum=cfg.optim.momentum)
@@ -107,14 +109,17 @@ def make_update(
     norms, when asked for, are taken after backward and before clipping, like the global norm.
     """
 
+    step = plain_step(optimizer)  # optimizer.step() less its profiler/hook wrappers: ~25 us (sweep/_torch_api.py)
+
     def update(x: torch.Tensor, y: torch.Tensor, state: State, group_norms: bool = False):
         logits, state = model(x, repackage_hidden(state))  # = window_forward, without one more Python call
         loss = token_loss(logits, y)
-        optimizer.zero_grad(set_to_none=True)
+        for p in params:  # = optimizer.zero_grad(set_to_none=True), without its profiler range
+            p.grad = None
         loss.backward()
         by_group = _group_norms(groups) if group_norms and groups is not None else None
         norm = torch.nn.utils.clip_grad_norm_(params, clip, foreach=True)  # returns the pre-clip norm
-        optimizer.step()
+        step()
         return loss, norm, state, by_group
 
     return update
