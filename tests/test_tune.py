@@ -1,5 +1,5 @@
 """Tuning: a grid of cells x an Optuna search per cell, pooled over search seeds, then a test phase on the grid's
-seeds; resume after kill -9; shared studies (docs/scale-out.md).
+seeds; resume after kill -9; shared studies (docs/tuning.md, docs/scale-out.md).
 
 Fast tests check the pieces (search-space syntax, what a record or a trial's runs tell Optuna, stale-trial rules,
 the surplus guard); slow ones run `python -m sweep experiment=tune ...` on a 2-cell grid: end to end and rerun,
