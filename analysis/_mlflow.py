@@ -23,7 +23,7 @@ from mlflow.entities import Metric, Param, ViewType
 from mlflow.tracking import MlflowClient
 from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH, MAX_TAG_VAL_LENGTH
 
-from analysis.export import ExportError, Record
+from analysis._export_records import ExportError, Record
 
 STORE_FILE = "mlflow.db"
 ARTIFACTS = "mlartifacts"  # nothing is logged there; set so MLflow makes no ./mlruns in the caller's folder

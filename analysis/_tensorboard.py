@@ -17,7 +17,7 @@ from tensorboard.compat.proto.summary_pb2 import Summary
 from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2
 from tensorboard.summary.writer.event_file_writer import EventFileWriter
 
-from analysis.export import Record
+from analysis._export_records import Record
 
 EVENT_GLOB = "events.out.tfevents.*"
 _SESSION_STATUS = {
