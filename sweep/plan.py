@@ -42,13 +42,14 @@ class TuneSettings:
     # every trial runs once per search seed and is judged on the mean; the grid's own seeds are kept for the test
     # phase, so the outcomes the report judges were never used to pick the lr (docs/scale-out.md)
     search_seeds: list[int] = field(default_factory=lambda: [1000, 1001])
-    n_trials: int = 10  # COMPLETE trials per cell, in total over reruns and sweep processes
+    n_trials: int = 10  # finished trials per cell (complete, or stopped by the pruner), over reruns and processes
     max_failed_trials: Optional[int] = None  # noqa: UP045  per cell, diverged + failed runs; null = n_trials
     objective: str = "valid_loss"  # a summary metric of the run record (dotted path: lag_accuracy.8)
     direction: str = "minimize"  # minimize | maximize
     storage: Optional[str] = None  # noqa: UP045  null = sqlite:///<sweep dir>/optuna.db
     study_prefix: Optional[str] = None  # noqa: UP045  null = the config's `name`
-    sampler: str = "tpe"  # tpe | random | qmc | gp
+    sampler: Any = "tpe"  # a short name (tpe, random, qmc, gp, cmaes, ...), a class path, or {_target_: ...}
+    pruner: Any = None  # null | none | median | hyperband | {_target_: ...}: stops trial runs at evaluations
     sampler_seed: Optional[int] = None  # noqa: UP045  null = fresh randomness (right for several processes)
     sampler_kwargs: dict[str, Any] = field(default_factory=dict)
     parallel_per_cell: int = 1  # trials asked at once in each cell (a batch is this x the open cells)

@@ -72,6 +72,7 @@ SIGNATURE_EXCLUDED = (
     "device",
     "study",
     "trial",
+    "study_storage",
     "checkpoint",
     "lease",
 )

@@ -33,8 +33,6 @@ log = logging.getLogger(__name__)
 class OptunaGridSweeperImpl(SweeperBase):
     def __init__(self, max_batch_size: int | None, params: dict[str, str] | None, settings: TuneSettings) -> None:
         super().__init__(max_batch_size=max_batch_size, params=params)
-        if not hasattr(settings, "pruner"):  # TODO(lead): drop once sweep.plan.TuneSettings declares `pruner`
-            settings.pruner = None  # type: ignore[attr-defined]
         self.s = settings
         self.job_idx = 0
         self.launched: list[_trials.TrialJob] = []

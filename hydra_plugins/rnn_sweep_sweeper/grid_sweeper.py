@@ -74,6 +74,7 @@ class GridSweeperConf(TuneSettings):
     """A grid; with `search` set, a grid x an Optuna search in every grid point (rnn_sweep_optuna)."""
 
     _target_: str = "hydra_plugins.rnn_sweep_sweeper.grid_sweeper.GridSweeper"
+    _recursive_: bool = False  # a `{_target_: ...}` sampler or pruner is built by the tuner, which names the key
     max_batch_size: Optional[int] = None  # noqa: UP045 (OmegaConf reads these annotations)
     params: Optional[dict[str, str]] = None  # noqa: UP045
     grids: Optional[list[dict[str, Any]]] = None  # noqa: UP045  sub-grids, swept as a union
