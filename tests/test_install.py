@@ -115,6 +115,34 @@ def test_sweep_pins_hold_after_the_dev_tools_are_installed():
     assert not changed, f"installing the dev tools changed the sweep's versions: {changed}"
 
 
+@pytest.mark.parametrize(
+    ("gpu", "torch", "cpu_index"),
+    [(False, "auto", True), (True, "auto", False), (True, "cpu", True), (False, "cuda", False)],
+)
+def test_make_takes_torch_from_the_cpu_index_only_where_asked_or_no_nvidia_gpu(tmp_path, gpu, torch, cpu_index):
+    if shutil.which("make") is None:
+        pytest.skip("make is not installed")
+    fake_bin = tmp_path / "bin"
+    fake_bin.mkdir()
+    if gpu:  # the Makefile takes a machine with nvidia-smi on PATH for a GPU machine
+        (fake_bin / "nvidia-smi").write_text("#!/bin/sh\nexit 0\n")
+        (fake_bin / "nvidia-smi").chmod(0o755)
+    # without the fake one, no nvidia-smi at all (this may run on a GPU machine)
+    dirs = [d for d in os.environ["PATH"].split(os.pathsep) if not (Path(d) / "nvidia-smi").exists()]
+    path = os.pathsep.join([str(fake_bin), *dirs])
+    res = _run(["make", "-n", "-B", "install", f"TORCH={torch}"], REPO, {"PATH": path})
+    assert res.returncode == 0, res.stderr
+    (line,) = [x for x in res.stdout.splitlines() if "torch==" in x]
+    assert ("https://download.pytorch.org/whl/cpu" in line) == cpu_index, line
+
+
+def test_make_refuses_an_unknown_torch_build():
+    if shutil.which("make") is None:
+        pytest.skip("make is not installed")
+    res = _run(["make", "-n", "install", "TORCH=gpu"], REPO)
+    assert res.returncode != 0 and "TORCH=gpu: must be auto, cpu or cuda" in res.stderr
+
+
 # ------------------------------------------------------------------------------------- slow: an installed wheel
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> Path:
