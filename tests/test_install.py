@@ -63,9 +63,9 @@ def test_tab_completion_lists_the_real_keys_and_options():
     assert _completions(cmd, "rnn-sweep model.", REPO) >= {"model.cell=", "model.hidden_size=", "model.num_layers="}
     experiments = {f"experiment={p.stem}" for p in (CONF / "experiment").glob("*.yaml")}
     assert _completions(cmd, "rnn-sweep experiment=", REPO) == experiments
-    assert {"batch_size=", "num_steps="} <= _completions(cmd, "rnn-sweep ", REPO) | _completions(
-        cmd, "rnn-sweep b", REPO
-    ) | _completions(cmd, "rnn-sweep n", REPO)
+    assert {"batch_size=", "num_steps=", "seed=", "results_dir=", "model="} <= _completions(cmd, "rnn-sweep ", REPO)
+    assert _completions(cmd, "rnn-sweep num", REPO) == {"num_steps="}
+    assert {"hydra.sweeper.dry_run=", "hydra.sweeper.lr_search."} <= _completions(cmd, "rnn-sweep hydra.sweeper.", REPO)
 
 
 def test_log_files_are_named_after_the_app():
