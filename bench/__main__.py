@@ -53,11 +53,14 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m bench", description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )
     ap.add_argument("--quick", action="store_true", help="a ~1 minute check (fewer grid points and repetitions)")
-    ap.add_argument("--only", choices=["runner", "sweep", "stability"], action="append", help="run only these parts")
+    parts = ["runner", "start", "sweep", "stability"]
+    ap.add_argument("--only", choices=parts, action="append", help="run only these parts")
     ap.add_argument("--cells", help="comma list (rnn,gru,lstm)")
     ap.add_argument("--batch-sizes", type=_ints)
     ap.add_argument("--num-steps", type=_ints)
     ap.add_argument("--optims", help="comma list (adam,sgd)")
+    ap.add_argument("--baseline", default=None, help="commit the sweep start cost is compared with (start)")
+    ap.add_argument("--start-reps", type=int, default=3, help="interleaved sweeps per side (start)")
     ap.add_argument("--reps", type=int, help="interleaved repetitions per grid point and clock")
     ap.add_argument("--target-s", type=float, help="seconds per timed run (sets the number of updates)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1: one sweep job's share)")
@@ -78,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     ):
         if val is not None:
             preset[key] = val
-    parts = args.only or ["runner", "sweep", "stability"]
+    parts = args.only or ["runner", "start", "sweep", "stability"]
 
     import torch
 
@@ -183,6 +186,18 @@ def main(argv: list[str] | None = None) -> int:
             stability.table(st),
             "",
             f"{args.out / 'stability.json'}: cv = {doc['cv']:.3f} ({doc['cv_source']}), n = {doc['n']}",
+        ]
+
+    if "start" in parts:
+        from bench import start_cost
+
+        log("sweep start cost: this checkout against a baseline commit")
+        start = start_cost.run(args.baseline or start_cost.BASELINE, reps=args.start_reps, log=log)
+        results["start_cost"] = start
+        sections[4] = [
+            "## 4. Sweep start: the fixed cost of a small sweep, against a baseline commit",
+            "",
+            start_cost.table(start),
         ]
 
     if "sweep" in parts:

@@ -14,6 +14,7 @@ scan no longer matches the `super(BasicSweeper, self)` inside it).
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 from collections.abc import Callable
 from typing import Any
@@ -77,3 +78,60 @@ class SweeperBase(Sweeper):
     def params_overrides(self) -> list[str]:
         """`params` as override lines (what BasicSweeper's private `_parse_config` returns)."""
         return [f"{k}={v}" for k, v in self.params.items()]
+
+
+# -------------------------------------------------------------------------------- joblib launcher workers
+# Hydra's joblib launcher starts its loky workers only when the first batch is launched, and each fresh worker
+# then imports torch and the runner (2-3 s on these CPUs) while the parent waits; at exit the parent waits again
+# for every worker's interpreter to shut down (~1 s with torch loaded). Starting the workers while the parent
+# plans the grid, and killing them once every record is written, takes both out of a sweep's fixed cost
+# (bench/README.md, "Sweep start"). The launcher builds its `Parallel` in `hydra_plugins.hydra_joblib_launcher.
+# _core.launch` from `launcher.joblib` through `process_joblib_cfg`; loky reuses a pool only for the same
+# arguments, so the warm-up builds them the same way.
+JOBLIB_LAUNCHER_CORE = "hydra_plugins.hydra_joblib_launcher._core"
+LOKY_REUSABLE_EXECUTOR = "joblib.externals.loky.reusable_executor"
+
+
+def _joblib_parallel_kwargs(launcher: Launcher) -> dict[str, Any] | None:
+    joblib_cfg = getattr(launcher, "joblib", None)
+    if type(launcher).__name__ != "JoblibLauncher" or joblib_cfg is None:
+        return None
+    core = importlib.import_module(JOBLIB_LAUNCHER_CORE)
+    kwargs = dict(joblib_cfg)
+    kwargs["backend"] = "loky"  # as the launcher does
+    core.process_joblib_cfg(kwargs)
+    return kwargs
+
+
+def prewarm_joblib_workers(launcher: Launcher | None, warm: Callable[[], Any]) -> Any:
+    """Start the joblib launcher's workers now, each running `warm` (imports), in a background thread; returns
+    the thread to join before anything is timed or launched, or None for any other launcher."""
+    import threading
+
+    kwargs = _joblib_parallel_kwargs(launcher) if launcher is not None else None
+    if kwargs is None:
+        return None
+    from joblib import Parallel, delayed, effective_n_jobs
+
+    n = effective_n_jobs(kwargs.get("n_jobs", -1))
+
+    def start() -> None:
+        with contextlib.suppress(Exception):  # a warm-up that fails costs the saving, never the sweep
+            Parallel(**kwargs)(delayed(warm)() for _ in range(n))
+
+    thread = threading.Thread(target=start, name="prewarm-joblib-workers", daemon=True)
+    thread.start()
+    return thread
+
+
+def release_joblib_workers() -> bool:
+    """Kill the loky workers of this process's reusable pool (all jobs are back and their records written), so
+    that the interpreter does not wait for each of them to shut torch down. True if there was a pool."""
+    import sys
+
+    module = sys.modules.get(LOKY_REUSABLE_EXECUTOR)
+    executor = getattr(module, "_executor", None) if module is not None else None
+    if executor is None:
+        return False
+    executor.shutdown(wait=False, kill_workers=True)
+    return True

@@ -6,6 +6,7 @@ import contextlib
 import logging
 import os
 import shutil
+import sys
 import traceback
 from pathlib import Path
 from typing import Any
@@ -95,6 +96,8 @@ def _train_and_record(
     try:
         device = resolve_device(cfg.device)
         rec["env"] = record.environment(device, threads, parallel_jobs, launcher)
+        # warmed before its first job (sweep/worker.py); read, not imported: the worker module imports this one
+        rec["env"]["warmed_worker"] = bool(getattr(sys.modules.get("sweep.worker"), "WARMED", False))
         _inject_failure(out_dir)
         result = train(cfg, measure_fn=_measure_fn(cfg), checkpoint_dir=out_dir, on_eval=_trial_reporter(cfg))
     except ConfigError:

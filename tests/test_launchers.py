@@ -164,6 +164,8 @@ def test_joblib_runs_the_grid_with_one_thread_per_job(joblib_records):
         env = rec["env"]
         assert env["launcher"] == TARGETS["joblib"] and env["parallel_jobs"] == 2
         assert env["threads"] == max(1, CORES // 2)
+        # the workers were started and warmed while the parent planned, and the launcher reused that pool
+        assert env["warmed_worker"] is True
 
 
 @pytest.mark.slow

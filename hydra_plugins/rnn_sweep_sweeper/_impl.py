@@ -13,7 +13,7 @@ from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf
 
-from sweep._hydra_api import SweeperBase
+from sweep._hydra_api import SweeperBase, prewarm_joblib_workers, release_joblib_workers
 from sweep.plan import (
     EXIT_INTERRUPTED,
     TUNE_KEYS,
@@ -28,6 +28,7 @@ from sweep.plan import (
     write_plan,
 )
 from sweep.record import DONE_STATUSES, SWEEP_SUMMARY_FILE
+from sweep.worker import warm_worker
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +109,8 @@ class GridSweeperImpl(SweeperBase):
         if search.get("values"):
             _phases.check_search(search)
         jobs: list[PlannedJob] | None = None
+        # the joblib launcher's workers import torch while the grid is planned (sweep/_hydra_api.py)
+        warming = None if self.dry_run else prewarm_joblib_workers(self.launcher, warm_worker)
         try:
             t0 = time.perf_counter()
             jobs = plan_jobs(self, arguments)
@@ -118,6 +121,8 @@ class GridSweeperImpl(SweeperBase):
             sweep_dir = Path(self.config.hydra.sweep.dir)
             sweep_dir.mkdir(parents=True, exist_ok=True)
             OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
+            if warming is not None:  # before anything is timed or launched: the pool is then reused as it is
+                warming.join()
             if speed.get("enabled") or speed.get("only"):  # first: nothing else trains while it times
                 _phases.run_speed_phase(jobs, speed, sweep_dir)
                 if speed.get("only"):
@@ -131,6 +136,8 @@ class GridSweeperImpl(SweeperBase):
             returns = self.run_jobs(jobs)
         except KeyboardInterrupt:
             self._interrupted(jobs, is_done)
+        finally:
+            release_joblib_workers()  # every job is back: no wait at exit for each worker to unload torch
 
         summary = summarize(jobs)
         write_json(sweep_dir / SWEEP_SUMMARY_FILE, summary)
