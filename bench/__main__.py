@@ -20,8 +20,8 @@ PRESETS = {
         "batch_sizes": [1, 4, 16, 64],
         "num_steps": [4, 32],
         "optims": ["adam", "sgd"],
-        "reps": 5,
-        "target_s": 0.25,
+        "reps": 4,
+        "target_s": 0.2,
         "stability_n": 10,
         "scaled_sweep": True,
         "probe": True,
@@ -139,8 +139,10 @@ def main(argv: list[str] | None = None) -> int:
             f"~{preset['target_s']} s per timed run, task.train_tokens={args.train_tokens} on both sides. "
             f"`wall` = wall-clock (what run records hold), `cpu` = the thread's CPU time (same code and "
             f"bookkeeping, less inflated by other processes on the cores). The verdict reads the ratio of the "
-            f"medians on the {pc} clock against the target (0.98 from batch 4, 0.95 at batch 1); harness "
-            f"µs/update = runner µs − bare µs per update, from the medians.",
+            f"medians on the {pc} clock against the target (0.98 from batch 4, 0.95 at batch 1). A third side, "
+            f"the bare loop with the runner's optimizer path (gradients set to None, the optimizer's own step "
+            f"without PyTorch's hook/profiler wrappers: sweep/_torch_api.py), isolates the runner's "
+            f"bookkeeping: harness µs/update = runner µs − that loop's µs per update, from the medians.",
             "",
             runner_vs_bare.table(points, clocks),
             "",

@@ -72,6 +72,7 @@ def bare_tbptt(
     lr: float = 1e-2,
     optim: str = "adam",
     momentum: float = 0.0,
+    plain_step: bool = False,
     clip: float = 5.0,
     train_tokens: int = 1 << 18,
     seed: int = 0,
@@ -80,6 +81,8 @@ def bare_tbptt(
 ) -> dict[str, Any]:
     """The barest truncated-BPTT loop on the echo stream: the runner's shapes, optimizer, clipping, layout.
 
+    With `plain_step`, the gradients are set to None directly and the optimizer's step runs without PyTorch's
+    hook/profiler wrappers, as the runner does: the difference to the runner is then its bookkeeping alone.
     Stream cut into `batch_size` batch-first rows; window i = columns [i*num_steps, (i+1)*num_steps); state
     carried and detached between windows, reset at the start of each pass. Timed like the runner: tokens/s
     over the updates after `warmup`, synchronised on a GPU. `clock` is the timer (wall-clock by default; the
@@ -98,6 +101,16 @@ def bare_tbptt(
     params = list(model.parameters())
     opt = torch.optim.SGD(params, lr=lr, momentum=momentum) if optim == "sgd" else torch.optim.Adam(params, lr=lr)
     lossf = nn.functional.cross_entropy
+    if plain_step:  # the runner's optimizer path (sweep/_torch_api.py): what is left is the harness's bookkeeping
+        from sweep._torch_api import plain_step as make_plain_step
+
+        step = make_plain_step(opt)
+
+        def zero_grad(set_to_none: bool = True) -> None:
+            for p in params:
+                p.grad = None
+    else:
+        step, zero_grad = opt.step, opt.zero_grad
 
     def zero_state():
         h = torch.zeros(num_layers, batch_size, hidden_size, device=device)
@@ -114,10 +127,10 @@ def bare_tbptt(
             state = tuple(s.detach() for s in state) if cell == "lstm" else state.detach()
             logits, state = model(x, state)
             loss = lossf(logits.reshape(-1, vocab), y.reshape(-1))
-            opt.zero_grad(set_to_none=True)
+            zero_grad(set_to_none=True)
             loss.backward()
             nn.utils.clip_grad_norm_(params, clip)
-            opt.step()
+            step()
             done += 1
             if done == warmup:
                 sync(device)

@@ -92,9 +92,9 @@ def measure_point(
         "warmup": warmup,
     }
     for clock in clocks:
-        runner, bare = [], []
+        runner, bare, plain = [], [], []
         for rep in range(reps):
-            order = ("runner", "bare") if rep % 2 == 0 else ("bare", "runner")
+            order = ("runner", "bare", "plain") if rep % 2 == 0 else ("plain", "bare", "runner")
             for side in order:
                 sync(device)
                 if side == "runner":
@@ -111,23 +111,27 @@ def measure_point(
                         device=device,
                         clock=CLOCKS[clock],
                         seed=int(cfg.seed),
+                        plain_step=side == "plain",
                         **common,
                     )
-                    bare.append(b["tokens_per_s"])
-        mr, mb = statistics.median(runner), statistics.median(bare)
+                    (plain if side == "plain" else bare).append(b["tokens_per_s"])
+        mr, mb, mp = statistics.median(runner), statistics.median(bare), statistics.median(plain)
         br, bb = max(runner), max(bare)
         pairs = [r / b for r, b in zip(runner, bare, strict=True)]
         tpu = bs * ns
         out[clock] = {
             "runner_tokens_per_s": runner,
             "bare_tokens_per_s": bare,
+            "plain_tokens_per_s": plain,
             "runner_median": mr,
             "bare_median": mb,
-            "ratio": mr / mb,  # ratio of the medians
+            "plain_median": mp,
+            "ratio": mr / mb,  # ratio of the medians: runner against the bare PyTorch loop
             "best_ratio": br / bb,  # ratio of the best runs: interference only ever slows a run down
             "pair_ratio": spread(pairs),
             "overhead_us_per_update": 1e6 * (tpu / br - tpu / bb),  # from the best runs
-            "harness_us_per_update": 1e6 * (tpu / mr - tpu / mb),  # from the medians: what the verdict reads
+            # the runner's bookkeeping: runner against the bare loop with the runner's optimizer path, medians
+            "harness_us_per_update": 1e6 * (tpu / mr - tpu / mp),
             "bare_us_per_update": 1e6 * tpu / bb,
         }
     return out
@@ -194,8 +198,9 @@ def run(
 
 def pooled(points: list[dict[str, Any]]) -> dict[str, float]:
     """The harness cost per update, pooled over grid points (it is Python bookkeeping, so about the same at
-    every shape): median and quartiles over points of (runner - bare) µs per update from the medians of the
-    repetitions, primary clock; and the runner/bare that this median implies for an update of 1 ms of work."""
+    every shape): median and quartiles over points of (runner - bare loop with the runner's optimizer path) µs
+    per update from the medians of the repetitions, primary clock; and the runner/bare that this median
+    implies for an update of 1 ms of work."""
     xs = sorted(p[primary_clock(p)]["harness_us_per_update"] for p in points)
     q = statistics.quantiles(xs, n=4) if len(xs) > 1 else [xs[0]] * 3
     med = statistics.median(xs)
