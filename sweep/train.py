@@ -112,7 +112,7 @@ def make_update(
     step = plain_step(optimizer)  # optimizer.step() less its profiler/hook wrappers: ~25 us (sweep/_torch_api.py)
 
     def update(x: torch.Tensor, y: torch.Tensor, state: State, group_norms: bool = False):
-        logits, state = model(x, repackage_hidden(state))  # = window_forward, without one more Python call
+        logits, state = model.window_logits(x, repackage_hidden(state))  # = window_forward, flat logits
         loss = token_loss(logits, y)
         for p in params:  # = optimizer.zero_grad(set_to_none=True), without its profiler range
             p.grad = None

@@ -178,7 +178,7 @@ _CARRY = [
 
 def test_train_itself_feeds_each_window_the_detached_state_the_previous_window_returned(make_cfg, monkeypatch):
     calls: list[dict] = []
-    original = RecurrentModel.forward
+    original = RecurrentModel.window_logits  # what the training update calls
 
     def recording(self, tokens, state=None):
         logits, out = original(self, tokens, state)
@@ -189,7 +189,7 @@ def test_train_itself_feeds_each_window_the_detached_state_the_previous_window_r
                           "h_out": h_out.detach().clone()})  # fmt: skip
         return logits, out
 
-    monkeypatch.setattr(RecurrentModel, "forward", recording)
+    monkeypatch.setattr(RecurrentModel, "window_logits", recording)
     cfg = make_cfg(*_CARRY, "model=lstm")
     result = train(cfg)
     assert len(calls) == result.summary["updates"] == 20 and result.summary["passes"] == 3
