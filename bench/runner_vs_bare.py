@@ -228,3 +228,37 @@ def table(points: list[dict[str, Any]], clocks: list[str]) -> str:
         row += [p["verdict"]]
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
+
+
+def harness_only(train_module, cell: str, updates: int = 5000, reps: int = 5) -> dict[str, Any]:
+    """The runner's bookkeeping alone, in µs per update: `train()` with its update replaced by one that does no
+    arithmetic (it returns the loss and norm tensors of one real update, and computes the per-group norms
+    from that update's real gradients when asked), so all that is timed is the loop around it: the stream,
+    the recorder, the clock, the divergence checks, the evaluation schedule. CPU time, best of `reps`."""
+    cfg = compose(
+        [f"model={cell}", "batch_size=4", "num_steps=4", "budget.kind=updates", f"budget.amount={updates}",
+         "measure.enabled=false", "measure.noise_scale=false", "device=cpu", "progress_every_s=1e9"]
+    )  # fmt: skip
+    real_setup = train_module.build_setup
+
+    def setup(cfg, device):
+        s = real_setup(cfg, device)
+        x, y, state = s.stream.next_window(None)
+        loss, norm, _, _ = s.update(x, y, state, False)  # real gradients for the per-group norms
+
+        def update(x, y, state, group_norms=False):
+            return loss, norm, state, train_module._group_norms(s.groups) if group_norms else None
+
+        s.update = update
+        return s
+
+    times = []
+    for _ in range(reps):
+        train_module.build_setup = setup
+        try:
+            with runner_clock(train_module, "cpu"):
+                res = train_module.train(cfg, measure_fn=None)
+        finally:
+            train_module.build_setup = real_setup
+        times.append(1e6 * 16 / float(res.summary["tokens_per_s"]))
+    return {"cell": cell, "updates": updates, "us_per_update": min(times), "runs": times}
