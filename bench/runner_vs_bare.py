@@ -214,7 +214,7 @@ def table(points: list[dict[str, Any]], clocks: list[str]) -> str:
     head += [
         f"runner/bare ({pc}, best of N)",
         f"pair ratios ({pc}) min–max",
-        f"harness µs/update ({pc}, medians) / bare µs",
+        f"runner − plain-step loop µs/update ({pc}, medians) / bare µs",
     ]
     head += ["target", "verdict"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
