@@ -30,7 +30,7 @@ EDITABLE := --config-settings editable_mode=compat -e
 PYTHONS ?= 3.10 3.11 3.12 3.13
 pyexe = $(or $(lastword $(sort $(wildcard $(HOME)/.pyenv/versions/$(1).*/bin/python))),$(shell command -v python$(1)))
 
-.PHONY: help install sweep speed smoke report tune test test-fast test-ray test-pythons check-pins lint format bench \
+.PHONY: help install sweep speed smoke report readme-table tune test test-fast test-ray test-pythons check-pins lint format bench \
         clean
 
 help:  ## list the targets
@@ -91,6 +91,9 @@ smoke: $(STAMP)  ## a tiny grid through the whole pipeline (< 1 min)
 
 report: $(STAMP)  ## (re)write the report of a results folder: make report DIR=results/claim
 	$(BIN)/python -m analysis $(or $(DIR),$(RESULTS)/claim)
+
+readme-table: $(STAMP)  ## README's results block from a report's results_table.md (with its commit): make readme-table DIR=results/claim
+	$(BIN)/python -m analysis.readme $(or $(DIR),$(RESULTS)/claim) README.md
 
 tune: $(STAMP)  ## the claim grid with the learning rate tuned per cell (Optuna)
 	$(BIN)/python -m sweep experiment=tune results_dir=$(RESULTS) $(ARGS)
