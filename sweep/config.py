@@ -143,7 +143,7 @@ class Config:
     num_steps: int = 16
     seed: int = 0
     device: str = "auto"
-    threads: int = 0  # torch threads per job; 0 = cores // parallel jobs
+    threads: int = 0  # torch threads per job; 0 = usable CPUs (sweep/cpus.py) // parallel jobs
     name: str = "default"  # results/<name>/<overrides>/
     results_dir: str = "results"
     # set by hydra/sweeper=optuna_grid on each trial run: its Optuna study (one per grid cell) and trial number
@@ -189,7 +189,7 @@ def validate(cfg: DictConfig) -> None:
     """Range and cross-field checks; raises ConfigError naming the first bad field. Reads no files."""
     for key in ("batch_size", "num_steps", "model.hidden_size", "model.num_layers", "model.embedding_size"):
         _positive_int(cfg, key)
-    _need(cfg.threads >= 0, "threads", "must be >= 0 (0 = cores // parallel jobs)", cfg.threads)
+    _need(cfg.threads >= 0, "threads", "must be >= 0 (0 = usable CPUs // parallel jobs)", cfg.threads)
     _one_of(cfg, "device", DEVICES)
     _need(cfg.divergence_factor > 1, "divergence_factor", "must be > 1", cfg.divergence_factor)
     _one_of(cfg, "task.name", TASKS)
