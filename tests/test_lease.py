@@ -178,6 +178,12 @@ def _sweep_args(results: Path, seeds: str) -> list[str]:
     ]
 
 
+def _sigint_default() -> None:
+    """A job started in the background by a non-interactive shell (nohup, `cmd &` in CI) inherits SIGINT
+    ignored, and Python then never turns Ctrl-C into KeyboardInterrupt: give the sweep a terminal's default."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _popen(args: list[str]) -> subprocess.Popen:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     env.pop("HYDRA_FULL_ERROR", None)
@@ -188,6 +194,7 @@ def _popen(args: list[str]) -> subprocess.Popen:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=_sigint_default,
     )
 
 
