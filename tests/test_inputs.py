@@ -156,7 +156,8 @@ def test_a_permission_error_in_the_results_dir_check_names_results_dir_and_the_r
     def denied(path, *args, **kwargs):
         raise PermissionError(errno.EACCES, "Permission denied", str(path))
 
-    monkeypatch.setattr(os, "mkdir", denied)
+    # Path.mkdir, not os.mkdir: pathlib on Python 3.10 holds its own reference to os.mkdir
+    monkeypatch.setattr(Path, "mkdir", denied)
     with pytest.raises(ConfigError, match=r"results_dir=.*: must be a folder that can be created and written "
                                           r"\(Permission denied"):  # fmt: skip
         check_results_dir(str(tmp_path / "a" / "b"))
@@ -241,7 +242,7 @@ def test_a_valid_path_that_is_the_training_corpus_is_refused(tmp_path, corpora):
 
 
 def test_a_results_dir_that_fails_below_a_folder_the_check_made_leaves_nothing(tmp_path, monkeypatch):
-    real_mkdir, calls = os.mkdir, []
+    real_mkdir, calls = Path.mkdir, []
 
     def second_fails(path, *args, **kwargs):
         calls.append(path)
@@ -249,7 +250,7 @@ def test_a_results_dir_that_fails_below_a_folder_the_check_made_leaves_nothing(t
             raise OSError(errno.ENOSPC, "No space left on device", str(path))
         return real_mkdir(path, *args, **kwargs)
 
-    monkeypatch.setattr(os, "mkdir", second_fails)
+    monkeypatch.setattr(Path, "mkdir", second_fails)  # not os.mkdir: see above
     with pytest.raises(ConfigError, match=r"results_dir=.*\(No space left on device"):
         check_results_dir(str(tmp_path / "a" / "b"))
     monkeypatch.undo()
