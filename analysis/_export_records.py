@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import math
 from collections.abc import Iterator
@@ -16,7 +15,7 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
-from analysis.load import NoRecords, load_results
+from analysis.load import NoRecords, flat_config, load_results
 from sweep.record import RUN_FILE, read_run
 
 log = logging.getLogger(__name__)
@@ -57,20 +56,6 @@ class Record:
         and `time_s` (wall times) even where they are not exported."""
         for name, df in self.series.items():
             yield _PREFIX[name], df, [c for c in df.columns if c not in _INDEX[name]]
-
-
-def flat_config(cfg: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Nested config -> dotted keys; lists as JSON text (a tracker param holds one scalar)."""
-    out: dict[str, Any] = {}
-    for key, value in cfg.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            out.update(flat_config(value, f"{name}."))
-        elif isinstance(value, (list, tuple)):
-            out[name] = json.dumps(value)
-        else:
-            out[name] = value
-    return out
 
 
 def _summary_scalars(summary: dict[str, Any]) -> dict[str, float]:

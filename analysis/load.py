@@ -277,7 +277,7 @@ def _flatten(rec: dict[str, Any], folder: Path, root: Path, series: dict[str, bo
         row[f"env.{key}"] = env.get(key)
     for key, value in (env.get("versions") or {}).items():
         row[f"env.{key}"] = value
-    for key, value in _flat_config(cfg).items():
+    for key, value in flat_config(cfg).items():
         row[f"cfg.{key}"] = value
     return row
 
@@ -290,13 +290,14 @@ def _is_scalar(value: Any) -> bool:
     return value is None or isinstance(value, (bool, int, float, str))
 
 
-def _flat_config(cfg: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+def flat_config(cfg: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested config -> dotted keys; lists as JSON text (a table column or a tracker param holds one scalar)."""
     out: dict[str, Any] = {}
     for key, value in cfg.items():
         name = f"{prefix}{key}"
         if isinstance(value, dict):
-            out.update(_flat_config(value, f"{name}."))
-        elif isinstance(value, list):
+            out.update(flat_config(value, f"{name}."))
+        elif isinstance(value, (list, tuple)):
             out[name] = json.dumps(value)  # lists (lags, contexts) as text: parquet columns stay one type
         else:
             out[name] = value

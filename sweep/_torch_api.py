@@ -21,6 +21,7 @@ training differently. Nothing here runs on import: the training setup calls it.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import sys
 from collections.abc import Callable
@@ -33,8 +34,10 @@ _DYNAMO_MARK = "__dynamo_disable"  # where _disable_dynamo's wrapper caches the 
 _OPTIMIZERS = (torch.optim.Optimizer, torch.optim.Adam, torch.optim.SGD)
 
 
+@functools.cache
 def dynamo_wrapped(owners: tuple[type, ...] = _OPTIMIZERS) -> list[Callable]:
-    """The functions of `owners` that sit behind `_disable_dynamo`'s lazy-import wrapper (each once)."""
+    """The functions of `owners` that sit behind `_disable_dynamo`'s lazy-import wrapper (each once; the scan
+    runs once per process, not at every optimizer built)."""
     found: dict[int, Callable] = {}
     for owner in owners:
         for _, member in inspect.getmembers(owner, inspect.isfunction):

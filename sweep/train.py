@@ -162,19 +162,23 @@ class WindowStream:
                 state = self.model.init_state(self.batch_size, self.device)  # reset at the start of each pass
             if self.has_target[self.index]:
                 return state
-            start = self.index * self.num_steps
+            x, _ = self.window(self.index)
             with torch.no_grad():
-                _, state = self.model(self.inputs[:, start : start + self.num_steps], state)
+                _, state = self.model(x, state)
             self.index += 1
 
-    def take(self) -> tuple[torch.Tensor, torch.Tensor]:
-        start = self.index * self.num_steps
-        self.index += 1
+    def window(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Window i of a pass: columns [i*num_steps, (i+1)*num_steps) of the inputs and the batch-first targets."""
+        start = i * self.num_steps
         end = start + self.num_steps
         return self.inputs[:, start:end], self.targets[:, start:end]
 
+    def take(self) -> tuple[torch.Tensor, torch.Tensor]:
+        self.index += 1
+        return self.window(self.index - 1)
+
     def next_window(self, state: State | None) -> tuple[torch.Tensor, torch.Tensor, State]:
-        # `ready` and `take` inlined: this runs once per update of train(), where every Python call shows
+        # `ready` and `window` inlined: this runs once per update of train(), where every Python call shows
         i = self.index
         if i >= self.windows or not self.has_target[i]:
             state = self.prepare(state)
