@@ -25,6 +25,8 @@ from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig
 
+from sweep import forkserver
+
 BASIC_SWEEPER_MODULE = "hydra._internal.core_plugins.basic_sweeper"
 HYDRA_UTILS_MODULE = "hydra._internal.utils"
 
@@ -74,6 +76,7 @@ class SweeperBase(Sweeper):
         self.launcher = Plugins.instance().instantiate_launcher(
             hydra_context=hydra_context, task_function=task_function, config=config
         )
+        forkserver.stop_unclaimed()  # the entry point guessed hydra/launcher=forkserver, and another one runs
 
     def params_overrides(self) -> list[str]:
         """`params` as override lines (what BasicSweeper's private `_parse_config` returns)."""

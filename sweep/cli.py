@@ -11,7 +11,8 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from sweep import errors
+from sweep import errors, forkserver
+from sweep.argv import CFG_FLAGS, MULTIRUN_FLAGS, NO_PRECHECK_FLAGS, is_dry_run, sweeps_on_forkserver
 from sweep.config import ConfigError, register_configs
 from sweep.record import run_dirname
 
@@ -54,12 +55,6 @@ def hydra_main(cfg: DictConfig) -> str:
     if rec["status"] == "failed" and hc.mode == RunMode.RUN:
         raise errors.RunFailed(f"run failed: {rec['error']} (record in {hc.runtime.output_dir})")
     return rec["status"]
-
-
-# Flags after which Hydra does not run jobs (help, config dumps, completion) or composes another config: no pre-check.
-_NO_PRECHECK_FLAGS = ("-h", "--help", "--hydra-help", "--version", "-c", "--cfg", "-i", "--info", "-sc",
-                      "--shell-completion", "-cp", "--config-path", "-cn", "--config-name", "-cd", "--config-dir",
-                      "--experimental-rerun", "-p", "--package")  # fmt: skip
 
 
 def check_results_dir(results_dir: str) -> None:
@@ -117,9 +112,9 @@ def _probe_folder(path: Path) -> tuple[OSError | None, Path]:
 def _results_dirs_from_argv(argv: list[str]) -> list[str]:
     """The results_dir values this command line will write to (the composed config's, or each swept value);
     empty when they cannot be known here, so Hydra reports any problem with the command line itself."""
-    if any(a.split("=", 1)[0] in _NO_PRECHECK_FLAGS for a in argv):
+    if any(a.split("=", 1)[0] in NO_PRECHECK_FLAGS for a in argv):
         return []
-    if any(a.lower() == "hydra.sweeper.dry_run=true" for a in argv):  # a dry run writes nothing, not even a probe
+    if is_dry_run(argv):  # a dry run writes nothing, not even a probe
         return []
     from hydra import compose, initialize_config_dir
     from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -139,14 +134,10 @@ def _results_dirs_from_argv(argv: list[str]) -> list[str]:
     return values
 
 
-_MULTIRUN_FLAGS = ("-m", "--multirun")
-_CFG_FLAGS = ("-c", "--cfg")
-
-
 def check_flags(argv: list[str]) -> None:
     """Flag combinations Hydra refuses with a traceback, as one line saying what to use instead."""
     flags = {a.split("=", 1)[0] for a in argv if a.startswith("-")}
-    if flags & set(_MULTIRUN_FLAGS) and flags & set(_CFG_FLAGS):
+    if flags & set(MULTIRUN_FLAGS) and flags & set(CFG_FLAGS):
         raise ConfigError(
             "invalid command line: -m/--multirun cannot be combined with --cfg: to preview a grid, add "
             "hydra.sweeper.dry_run=true to the -m command; to see one point's config, drop -m"
@@ -155,7 +146,9 @@ def check_flags(argv: list[str]) -> None:
 
 def main() -> None:
     """`python -m sweep` and `rnn-sweep`: one-line errors, refuse an unwritable results_dir in one line before Hydra
-    makes any folder, then run."""
+    makes any folder, then run. A sweep's fork server starts first, so that its imports overlap all of that."""
+    if sweeps_on_forkserver(sys.argv[1:]):  # no-op when sweep/__main__.py started it already
+        forkserver.start()
     errors.install()
     try:
         check_flags(sys.argv[1:])

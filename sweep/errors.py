@@ -16,7 +16,7 @@ import sys
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from hydra.errors import CompactHydraException, MissingConfigException
+from hydra.errors import CompactHydraException, InstantiationException, MissingConfigException
 
 EXIT_BAD_INPUT = 2
 EXIT_FAILED = 1
@@ -109,6 +109,8 @@ def _key_line(ex: BaseException, text: str) -> str | None:
 
 
 def one_line(ex: BaseException) -> str:
+    if isinstance(ex, InstantiationException) and isinstance(ex.__cause__, CompactHydraException):
+        return one_line(ex.__cause__)  # a plugin's own error (a launcher's bad setting), not Hydra's wrapper line
     text = str(ex)
     if isinstance(ex, MissingConfigException):
         missing = re.search(r"Could not find '([^']+)/([^'/]+)'", text)

@@ -10,7 +10,8 @@ WARMED = False  # set in a worker that warm_worker ran in; run records carry it 
 
 def warm_worker() -> int:
     """Import what a job needs (torch, the runner, the record writer, the measures), so that a worker started
-    while the sweep's parent still plans the grid has it ready (sweep/_hydra_api.py: prewarm_joblib_workers)."""
+    while the sweep's parent still plans the grid has it ready (sweep/_hydra_api.py: prewarm_joblib_workers; the
+    fork server of hydra/launcher=forkserver: sweep/forkserver_preload.py)."""
     import pyarrow.parquet  # noqa: F401
 
     import sweep.measures

@@ -1,11 +1,13 @@
-"""Launchers: joblib, submitit_local and ray run the same jobs and give the same records; one
-failing job never stops the others, and the sweep ends with a summary that names it and a non-zero exit."""
+"""Launchers: forkserver (the default), joblib, submitit_local and ray run the same jobs and give the same
+records; one failing job never stops the others, and the sweep ends with a summary that names it and a non-zero
+exit. What only the forkserver launcher does is in tests/test_forkserver_launcher.py."""
 
 from __future__ import annotations
 
 import importlib.util
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -23,6 +25,7 @@ CORES = usable_cpus()
 GRID = ["model=rnn,lstm", "batch_size=2,4", "num_steps=4"]
 # no `threads=`: each job takes cores // (jobs at once), which the tests check (one thread each on 2 cores)
 LAUNCHERS = {
+    "forkserver": ["hydra/launcher=forkserver", "hydra.launcher.n_jobs=2"],
     "joblib": ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"],
     "submitit_local": ["hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10"],
     "ray": [
@@ -33,6 +36,7 @@ LAUNCHERS = {
     ],
 }
 TARGETS = {
+    "forkserver": "hydra_plugins.rnn_sweep_launcher.forkserver_launcher.ForkserverLauncher",
     "joblib": "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher",
     "submitit_local": "hydra_plugins.hydra_submitit_launcher.submitit_launcher.LocalLauncher",
     "ray": "hydra_plugins.hydra_ray_launcher.ray_launcher.RayLauncher",
@@ -51,6 +55,7 @@ COMPARED = (
 def _available(launcher: str) -> str | None:
     """Why a launcher cannot run here (its package is missing), or None."""
     module = {
+        "forkserver": "hydra_plugins.rnn_sweep_launcher",
         "joblib": "hydra_plugins.hydra_joblib_launcher",
         "submitit_local": "hydra_plugins.hydra_submitit_launcher",
         "ray": "hydra_plugins.hydra_ray_launcher",
@@ -94,6 +99,8 @@ def _launchers_that_ran(proc, sweep_dir: Path) -> set[str]:
     ran = set()
     if "Joblib.Parallel(" in out:
         ran.add("joblib")
+    if re.search(r"launching \d+ jobs, \d+ at once \((forkserver|spawn)\)", out):
+        ran.add("forkserver")
     submitit = sweep_dir / ".submitit"
     if "Submitit 'local' sweep output dir" in out and submitit.is_dir() and any(submitit.iterdir()):
         ran.add("submitit_local")
@@ -123,6 +130,9 @@ def test_parallelism_and_thread_caps_per_launcher():
     cfg = OmegaConf.create
     assert launcher_parallelism(cfg({"_target_": TARGETS["joblib"], "n_jobs": 3})) == 3
     assert launcher_parallelism(cfg({"_target_": TARGETS["joblib"], "n_jobs": -1})) == CORES
+    assert launcher_parallelism(cfg({"_target_": TARGETS["forkserver"], "n_jobs": -1})) == CORES
+    assert launcher_parallelism(cfg({"_target_": TARGETS["forkserver"], "n_jobs": 3})) == 3
+    assert batch_limit(cfg({"_target_": TARGETS["forkserver"], "n_jobs": -1}), None) is None  # it queues them
     local = cfg({"_target_": TARGETS["submitit_local"], "cpus_per_task": None})
     assert launcher_parallelism(local) == CORES  # submitit_local starts a whole batch at once ...
     assert batch_limit(local, None) == CORES  # ... so the sweepers hand it at most `cores` jobs at a time
@@ -140,7 +150,7 @@ def test_parallelism_and_thread_caps_per_launcher():
     assert batch_limit(cfg({"_target_": TARGETS["joblib"], "n_jobs": 2}), None) is None
 
 
-@pytest.mark.parametrize("launcher", ["joblib", "submitit_local", "submitit_slurm", "ray"])
+@pytest.mark.parametrize("launcher", ["forkserver", "joblib", "submitit_local", "submitit_slurm", "ray"])
 def test_the_tune_preset_composes_with_every_launcher(launcher):
     if _available(launcher.replace("submitit_slurm", "submitit_local")):
         pytest.skip(_available(launcher.replace("submitit_slurm", "submitit_local")))
@@ -150,7 +160,7 @@ def test_the_tune_preset_composes_with_every_launcher(launcher):
 
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose("config", overrides=["experiment=tune", f"hydra/launcher={launcher}"], return_hydra_config=True)
-    expected = {"joblib": "JoblibLauncher", "submitit_local": "LocalLauncher", "submitit_slurm": "SlurmLauncher",
+    expected = {"forkserver": "ForkserverLauncher", "joblib": "JoblibLauncher", "submitit_local": "LocalLauncher", "submitit_slurm": "SlurmLauncher",
                 "ray": "RayLauncher"}[launcher]  # fmt: skip
     assert cfg.hydra.launcher._target_.endswith(expected)  # the command line's launcher, not the preset's
     assert cfg.hydra.sweeper.search and cfg.hydra.sweeper.n_trials == 4
@@ -169,7 +179,7 @@ def test_joblib_runs_the_grid_with_one_thread_per_job(joblib_records):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("launcher", ["submitit_local", "ray"])
+@pytest.mark.parametrize("launcher", ["forkserver", "submitit_local", "ray"])
 def test_each_launcher_gives_the_same_records_as_joblib(tmp_path, launcher, joblib_records):
     proc = _sweep(tmp_path, launcher, GRID)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -184,8 +194,8 @@ def test_each_launcher_gives_the_same_records_as_joblib(tmp_path, launcher, jobl
             assert rec["summary"][key] == pytest.approx(ref["summary"][key], rel=1e-6, abs=1e-9), (name, key)
         env = rec["env"]
         assert env["launcher"] == TARGETS[launcher]
-        # submitit_local runs a batch of `cores` jobs at once, ray as many as ray.init's num_cpus (2): each
-        # job's torch threads are capped so that together they do not oversubscribe the cores
+        # submitit_local runs a batch of `cores` jobs at once, forkserver n_jobs (2), ray as many as ray.init's
+        # num_cpus (2): each job's torch threads are capped so that together they do not oversubscribe the cores
         assert env["parallel_jobs"] == (CORES if launcher == "submitit_local" else 2)
         assert env["threads"] == max(1, CORES // env["parallel_jobs"])
     summary = json.loads((tmp_path / "l" / "sweep_summary.json").read_text())
@@ -193,7 +203,7 @@ def test_each_launcher_gives_the_same_records_as_joblib(tmp_path, launcher, jobl
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("launcher", ["joblib", "submitit_local", "ray"])
+@pytest.mark.parametrize("launcher", ["forkserver", "joblib", "submitit_local", "ray"])
 def test_one_failing_job_leaves_the_others_complete_and_the_sweep_exits_nonzero(tmp_path, launcher):
     grid = ["model=rnn,lstm", "batch_size=2", "num_steps=4,8"]
     # sweep/run.py's test hook: the run whose folder name holds this text raises in training

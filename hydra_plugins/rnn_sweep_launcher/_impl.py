@@ -1,0 +1,195 @@
+"""The forkserver launcher's implementation (forkserver_launcher.py says what it does and why), imported only
+when a sweep instantiates `hydra/launcher=forkserver` (the leading underscore keeps Hydra's plugin scan from
+executing it on every start)."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import multiprocessing
+import os
+import pickle
+import signal
+import time
+from collections.abc import Sequence
+from multiprocessing.connection import Connection, wait
+from multiprocessing.context import BaseContext
+from multiprocessing.process import BaseProcess
+from pathlib import Path
+from typing import Any
+
+import cloudpickle
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.singleton import Singleton
+from hydra.core.utils import JobReturn, JobStatus, configure_log, filter_overrides, run_job, setup_globals
+from hydra.plugins.launcher import Launcher
+from hydra.types import HydraContext, TaskFunction
+from omegaconf import DictConfig, open_dict
+
+from sweep import forkserver
+from sweep.config import ConfigError
+from sweep.cpus import usable_cpus
+
+log = logging.getLogger(__name__)
+
+START_METHODS = ("forkserver", "spawn")
+# After Ctrl-C, how long a running job gets to write what it must (release its lease, keep its checkpoint)
+# before it is killed.
+INTERRUPT_GRACE_S = 30.0
+
+
+class ForkserverLauncherImpl(Launcher):
+    def __init__(self, n_jobs: int = -1, start_method: str = "forkserver") -> None:
+        if not isinstance(n_jobs, int) or isinstance(n_jobs, bool) or not (n_jobs == -1 or n_jobs >= 1):
+            raise ConfigError(
+                f"invalid config: hydra.launcher.n_jobs={n_jobs!r}: must be a positive number of jobs at once, "
+                "or -1 for one per usable CPU"
+            )
+        if start_method not in START_METHODS:
+            raise ConfigError(
+                f"invalid config: hydra.launcher.start_method={start_method!r}: must be one of "
+                f"{', '.join(START_METHODS)}"
+            )
+        self.n_jobs = n_jobs
+        self.start_method = start_method
+        self.config: DictConfig | None = None
+        self.task_function: TaskFunction | None = None
+        self.hydra_context: HydraContext | None = None
+        self.context: BaseContext | None = None
+
+    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
+        self.config = config
+        self.task_function = task_function
+        self.hydra_context = hydra_context
+        # the entry point may have started the server already (sweep/forkserver.py); spawn: a fresh interpreter
+        # per job, as on platforms without forkserver
+        self.context = forkserver.claim() if self.start_method == "forkserver" else multiprocessing.get_context("spawn")
+
+    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+        assert self.config is not None and self.context is not None, "setup() first"
+        setup_globals()
+        configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
+        sweep_dir = Path(str(self.config.hydra.sweep.dir))
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        at_once = self.n_jobs if self.n_jobs > 0 else usable_cpus()
+        log.info(
+            "launching %d jobs, %d at once (%s), sweep output dir: %s",
+            len(job_overrides), at_once, self.context.get_start_method(), sweep_dir,
+        )  # fmt: skip
+        for idx, overrides in enumerate(job_overrides):
+            log.info("\t#%d : %s", initial_job_idx + idx, " ".join(filter_overrides(overrides)))
+        # pickled once per launch, not once per job: the config store in Hydra's singletons is the bulk of it
+        # cloudpickle, as Hydra's joblib and submitit launchers: the task function under @hydra.main and the
+        # OmegaConf resolvers in Hydra's singletons are not importable by name
+        shared = cloudpickle.dumps((self.hydra_context, self.config, self.task_function, Singleton.get_state()))
+        return run_all(self.context, shared, job_overrides, initial_job_idx, at_once)
+
+
+def run_all(
+    context: BaseContext, shared: bytes, job_overrides: Sequence[Sequence[str]], first_idx: int, at_once: int
+) -> list[JobReturn]:
+    """Run every job, at most `at_once` at a time, each in a process of its own; returns in the jobs' order."""
+    returns: list[JobReturn | None] = [None] * len(job_overrides)
+    todo = list(enumerate(job_overrides))[::-1]
+    running: dict[Connection, tuple[int, BaseProcess]] = {}
+    try:
+        while todo or running:
+            while todo and len(running) < at_once:
+                i, overrides = todo.pop()
+                reader, writer = context.Pipe(duplex=False)
+                proc = context.Process(
+                    target=job_main, args=(first_idx + i, list(overrides), shared, writer), name=f"job-{first_idx + i}"
+                )
+                proc.start()
+                writer.close()  # the child holds the only write end: its death reads as end-of-file here
+                running[reader] = (i, proc)
+            for reader in wait(list(running)):
+                i, proc = running.pop(reader)
+                returns[i] = collect(reader, proc, job_overrides[i])
+    except BaseException:  # Ctrl-C (or an error here): the running jobs stop cleanly, then the sweeper reports
+        stop_jobs([proc for _, proc in running.values()])
+        raise
+    return [r for r in returns if r is not None]
+
+
+def collect(reader: Connection, proc: BaseProcess, overrides: Sequence[str]) -> JobReturn:
+    """The job's JobReturn, or a failed one when its process died before sending it (killed, out of memory)."""
+    try:
+        ret = reader.recv()
+    except (EOFError, OSError):
+        ret = None
+    finally:
+        reader.close()
+    proc.join()
+    if isinstance(ret, JobReturn):
+        return ret
+    how = describe_exit(proc.exitcode)
+    log.error("job %s (%s) ended without a result: %s", proc.name, " ".join(filter_overrides(overrides)), how)
+    return JobReturn(overrides=list(overrides), status=JobStatus.FAILED,
+                     _return_value=RuntimeError(f"the job's process ended without a result ({how})"))  # fmt: skip
+
+
+def describe_exit(code: int | None) -> str:
+    if code is None:
+        return "still running"
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit status {code}"
+
+
+def stop_jobs(procs: list[BaseProcess]) -> None:
+    """Interrupt running jobs once each (a terminal's Ctrl-C reaches them too: job_main takes only the first),
+    give them INTERRUPT_GRACE_S to release their leases, then kill what is left."""
+    for proc in procs:
+        if proc.is_alive() and proc.pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(proc.pid, signal.SIGINT)
+    deadline = time.monotonic() + INTERRUPT_GRACE_S
+    for proc in procs:
+        proc.join(max(0.0, deadline - time.monotonic()))
+        if proc.is_alive():
+            proc.kill()
+            proc.join()
+
+
+def _interrupt_once(signum: int, frame: Any) -> None:
+    # A Ctrl-C in a terminal reaches the job and the sweep's parent, which then forwards it (stop_jobs): a second
+    # KeyboardInterrupt inside the job's clean-up would leave its lease behind, so only the first one counts.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    raise KeyboardInterrupt
+
+
+def job_main(idx: int, overrides: list[str], shared: bytes, writer: Connection) -> None:
+    """In the job's process: compose its config, run it as Hydra's launchers do, send back the JobReturn."""
+    signal.signal(signal.SIGINT, _interrupt_once)
+    try:
+        hydra_context, config, task_function, singleton_state = pickle.loads(shared)
+        setup_globals()
+        Singleton.set_state(singleton_state)
+        sweep_config = hydra_context.config_loader.load_sweep_config(config, list(overrides))
+        with open_dict(sweep_config):
+            sweep_config.hydra.job.id = f"{sweep_config.hydra.job.name}_{idx}"
+            sweep_config.hydra.job.num = idx
+        HydraConfig.instance().set_config(sweep_config)
+        ret = run_job(
+            hydra_context=hydra_context,
+            config=sweep_config,
+            task_function=task_function,
+            job_dir_key="hydra.sweep.dir",
+            job_subdir_key="hydra.sweep.subdir",
+        )
+    except KeyboardInterrupt:  # the parent knows (it forwarded the interrupt or got it too); nothing to send
+        return
+    except Exception as exc:  # e.g. a config that no longer composes: a failed job, not a dead worker
+        ret = JobReturn(overrides=overrides, status=JobStatus.FAILED, _return_value=exc)
+    try:
+        writer.send(ret)
+    except Exception as exc:  # a return value that does not pickle: say so rather than die silently
+        ret.return_value = RuntimeError(f"the job's result could not be sent back: {exc!r}")
+        ret.status, ret.cfg, ret.hydra_cfg = JobStatus.FAILED, None, None
+        writer.send(ret)
+    finally:
+        writer.close()
