@@ -5,8 +5,8 @@ module (sweep/_hydra_api.py) checked against the installed Hydra, and no import 
 from __future__ import annotations
 
 import ast
-import itertools
 import inspect
+import itertools
 import os
 import shutil
 import subprocess

@@ -160,8 +160,8 @@ def test_the_tune_preset_composes_with_every_launcher(launcher):
 
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose("config", overrides=["experiment=tune", f"hydra/launcher={launcher}"], return_hydra_config=True)
-    expected = {"forkserver": "ForkserverLauncher", "joblib": "JoblibLauncher", "submitit_local": "LocalLauncher", "submitit_slurm": "SlurmLauncher",
-                "ray": "RayLauncher"}[launcher]  # fmt: skip
+    expected = {"forkserver": "ForkserverLauncher", "joblib": "JoblibLauncher", "submitit_local": "LocalLauncher",
+                "submitit_slurm": "SlurmLauncher", "ray": "RayLauncher"}[launcher]  # fmt: skip
     assert cfg.hydra.launcher._target_.endswith(expected)  # the command line's launcher, not the preset's
     assert cfg.hydra.sweeper.search and cfg.hydra.sweeper.n_trials == 4
     assert list(cfg.hydra.sweeper.search_seeds) == [1000, 1001]
