@@ -215,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
         ]
 
     if "sweep" in parts:
-        log("sweep efficiency (smoke grid through joblib)")
+        log("sweep efficiency (smoke grid through the default launcher)")
         eff = sweep_efficiency.run(
             scaled=preset["scaled_sweep"],
             probe=preset["probe"],
@@ -224,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         results["sweep_efficiency"] = eff
         sections[2] = [
-            "## 2. Sweep efficiency: the smoke grid through the joblib launcher",
+            "## 2. Sweep efficiency: the smoke grid through the default launcher (forkserver)",
             "",
             sweep_efficiency.tables(eff),
         ]

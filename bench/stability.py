@@ -3,8 +3,8 @@ runs of one grid point, so the report can tell a real speed difference from nois
 
 Two conditions:
 - serial: n runs one after another in this process (one torch thread);
-- parallel: n runs spread over `workers` loky processes at once, as `python -m sweep` with the joblib
-  launcher runs its jobs (jobs share the cores, each with cores // workers threads).
+- parallel: n runs spread over `workers` processes at once, as `python -m sweep` runs `n_jobs` jobs at once
+  (jobs share the cores, each with cores // workers threads).
 The JSON that the analysis reads (bench/out/stability.json) gives `cv` = the larger of the two (the
 conservative figure: a speed difference smaller than about 2-3 x cv between two single runs is not evidence).
 """

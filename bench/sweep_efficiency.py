@@ -1,18 +1,18 @@
-"""Sweep efficiency: the smoke grid through Hydra's joblib launcher, as a user runs it, against its jobs' own
-training time.
+"""Sweep efficiency: the smoke grid through the default launcher (hydra/launcher=forkserver), as a user runs it,
+against its jobs' own training time.
 
     harness overhead = 1 - (sum of the jobs' train_seconds / workers) / wall-clock of `python -m sweep ...`
 
 The wall-clock is split into phases read off the files the sweep writes (their modification times):
 - launch -> multirun.yaml: the parent's interpreter start-up, imports, compose of the config and of every grid
   point;
-- multirun.yaml -> first job start: loky worker spawn, worker imports (unpickling the task imports sweep.cli),
-  dispatch;
+- multirun.yaml -> first job start: waiting for the fork server's imports (torch, the runner; started by the
+  entry point, so they overlap the phase before), the fork, the job's compose of its config;
 - per job, .hydra/config.yaml -> run.json: train_seconds (the timed updates) + the rest of the job (data,
-  model, evaluation, measures, record writes, first-use lazy imports in a fresh worker);
+  model, evaluation, measures, record writes);
 - last run.json -> sweep_summary.json: results back to the parent, the sweep summary;
-- sweep_summary.json -> exit: interpreter exit, loky worker shutdown.
-A probe in a fresh interpreter (bench/_probe.py: the state of a new loky worker) times the pieces directly.
+- sweep_summary.json -> exit: interpreter exit (the fork server is killed, not waited for).
+A probe in a fresh interpreter (bench/_probe.py: the imports a worker would make) times the pieces directly.
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ def _python_startup() -> dict[str, float]:
 
 
 def probe_job(overrides: list[str], workers: int) -> dict[str, Any]:
-    """bench._probe in a fresh interpreter (a new loky worker's state); adds its interpreter-exit time."""
+    """bench._probe in a fresh interpreter (what a worker would import); adds its interpreter-exit time."""
     env = {
         **os.environ,
         "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
@@ -107,12 +107,12 @@ def run_sweep(extra: list[str], results_dir: Path) -> dict[str, Any]:
     t_summary = (sweep_dir / "sweep_summary.json").stat().st_mtime
     phases = {
         "parent start-up, imports, compose grid": t_multirun - t_launch,
-        "loky worker spawn + worker imports + dispatch": first_start - t_multirun,
+        "waiting for the fork server + fork + job compose": first_start - t_multirun,
         "training (sum train_seconds / workers)": sum_train / workers,
         "rest of each job (sum / workers)": (sum_span - sum_train) / workers,
         "job imbalance / dispatch between jobs": (last_end - first_start) - sum_span / workers,
         "results back to the parent, sweep summary": t_summary - last_end,
-        "interpreter exit (loky worker shutdown)": t_exit - t_summary,
+        "interpreter exit (fork server killed)": t_exit - t_summary,
     }
     return {
         "command": "python -m sweep -m " + " ".join([*SMOKE, "results_dir=<tmp>", *extra]),
@@ -174,7 +174,7 @@ def run(*, scaled: bool, probe: bool, deadline: float | None = None, log=print) 
         out["meets_target_at_updates"] = {"updates_per_job": need, "predicted_wall_s": predicted_wall}
         if probe:
             out["startup"] = _python_startup()
-            # the largest smoke job (the probe runs it in a fresh interpreter, like a new loky worker)
+            # the largest smoke job (the probe runs it in a fresh interpreter)
             out["probe"] = probe_job(
                 # start-up costs do not depend on the training length: a short budget keeps the probe quick
                 ["experiment=smoke", "model=lstm", "batch_size=8", "num_steps=4", "budget.amount=300"],
@@ -281,8 +281,7 @@ def tables(res: dict[str, Any]) -> str:
         ]
         lines += [
             "",
-            "Pieces, timed directly (fresh interpreters; the probe runs one smoke job twice in a new "
-            "process, as a loky worker does):",
+            "Pieces, timed directly (fresh interpreters; the probe runs one smoke job twice in a new process):",
             "",
             "| piece | seconds |",
             "|---|---|",
