@@ -14,6 +14,7 @@ from hydra.core.utils import JobReturn, JobStatus
 from hydra.plugins.launcher import Launcher
 
 from sweep import lease, record
+from sweep.cpus import usable_cpus
 from sweep.plan import PlannedJob, SweepFailed
 from sweep.status import Progress, eta_seconds, format_eta, main, progress_line, sweep_status
 from tests.conftest import TINY, run_cli
@@ -256,7 +257,9 @@ def test_dry_run_into_a_new_results_dir_creates_nothing(tmp_path):
     proc = run_cli("-m", *TINY, "model=rnn,gru", f"results_dir={results}", "hydra.sweeper.dry_run=true")
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert not (tmp_path / "new").exists()
-    assert "2 points: 0 already complete, 2 to run; 1 job at once x " in proc.stdout
+    cores = usable_cpus()  # the default launcher (forkserver) runs one job per usable CPU, one thread each
+    jobs = f"{cores} job{'s' if cores > 1 else ''} at once x 1 thread each (ForkserverLauncher)"
+    assert f"2 points: 0 already complete, 2 to run; {jobs}" in proc.stdout
 
 
 def test_dry_run_of_a_tuned_grid_hands_nothing_to_the_tuner_and_writes_nothing(tmp_path):
