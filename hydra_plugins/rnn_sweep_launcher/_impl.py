@@ -36,6 +36,8 @@ START_METHODS = ("forkserver", "spawn")
 # After Ctrl-C, how long a running job gets to write what it must (release its lease, keep its checkpoint)
 # before it is killed.
 INTERRUPT_GRACE_S = 30.0
+# How long a job's process may take to exit once it has sent its result.
+EXIT_WAIT_S = 30.0
 
 
 class ForkserverLauncherImpl(Launcher):
@@ -113,17 +115,24 @@ def run_all(
 
 
 def collect(reader: Connection, proc: BaseProcess, overrides: Sequence[str]) -> JobReturn:
-    """The job's JobReturn, or a failed one when its process died before sending it (killed, out of memory)."""
+    """The job's JobReturn, or a failed one when its process died before sending it (killed, out of memory) or
+    sent something that cannot be read back."""
+    problem = None
     try:
         ret = reader.recv()
-    except (EOFError, OSError):
+    except EOFError:
         ret = None
+    except Exception as exc:  # a result that does not unpickle here
+        ret, problem = None, f"its result could not be read: {exc!r}"
     finally:
         reader.close()
-    proc.join()
+    proc.join(EXIT_WAIT_S)
+    if proc.is_alive():  # sent its result but does not exit (a stray non-daemon thread): it has nothing left to do
+        proc.kill()
+        proc.join()
     if isinstance(ret, JobReturn):
         return ret
-    how = describe_exit(proc.exitcode)
+    how = problem or describe_exit(proc.exitcode)
     log.error("job %s (%s) ended without a result: %s", proc.name, " ".join(filter_overrides(overrides)), how)
     return JobReturn(overrides=list(overrides), status=JobStatus.FAILED,
                      _return_value=RuntimeError(f"the job's process ended without a result ({how})"))  # fmt: skip
