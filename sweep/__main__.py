@@ -4,11 +4,9 @@ overlap Hydra's; sweep/forkserver.py), then the entry point (sweep/cli.py) runs.
 import sys
 
 from sweep import forkserver
-from sweep.argv import sweeps_on_forkserver
 
 if __name__ == "__main__":
-    if sweeps_on_forkserver(sys.argv[1:]):
-        forkserver.start()
+    forkserver.start_for(sys.argv[1:])
     from sweep.cli import main
 
     main()

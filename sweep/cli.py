@@ -12,7 +12,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from sweep import errors, forkserver
-from sweep.argv import CFG_FLAGS, MULTIRUN_FLAGS, NO_PRECHECK_FLAGS, is_dry_run, sweeps_on_forkserver
+from sweep.argv import CFG_FLAGS, MULTIRUN_FLAGS, no_precheck
 from sweep.config import ConfigError, register_configs
 from sweep.record import run_dirname
 
@@ -112,9 +112,7 @@ def _probe_folder(path: Path) -> tuple[OSError | None, Path]:
 def _results_dirs_from_argv(argv: list[str]) -> list[str]:
     """The results_dir values this command line will write to (the composed config's, or each swept value);
     empty when they cannot be known here, so Hydra reports any problem with the command line itself."""
-    if any(a.split("=", 1)[0] in NO_PRECHECK_FLAGS for a in argv):
-        return []
-    if is_dry_run(argv):  # a dry run writes nothing, not even a probe
+    if no_precheck(argv):  # nothing runs (a dry run writes nothing, not even a probe), or another config
         return []
     from hydra import compose, initialize_config_dir
     from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -147,8 +145,7 @@ def check_flags(argv: list[str]) -> None:
 def main() -> None:
     """`python -m sweep` and `rnn-sweep`: one-line errors, refuse an unwritable results_dir in one line before Hydra
     makes any folder, then run. A sweep's fork server starts first, so that its imports overlap all of that."""
-    if sweeps_on_forkserver(sys.argv[1:]):  # no-op when sweep/__main__.py started it already
-        forkserver.start()
+    forkserver.start_for(sys.argv[1:])  # no-op when sweep/__main__.py started it already
     errors.install()
     try:
         check_flags(sys.argv[1:])

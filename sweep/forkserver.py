@@ -49,6 +49,14 @@ def start() -> bool:
     return True
 
 
+def start_for(argv: list[str]) -> None:
+    """Start the server if this command line looks like a sweep on hydra/launcher=forkserver (sweep/argv.py)."""
+    from sweep.argv import sweeps_on_forkserver
+
+    if sweeps_on_forkserver(argv):
+        start()
+
+
 def claim() -> BaseContext:
     """The context a launcher starts its jobs in: the fork server's (started now if no one did), else spawn."""
     if start():

@@ -28,7 +28,7 @@ from omegaconf import DictConfig, open_dict
 
 from sweep import forkserver
 from sweep.config import ConfigError
-from sweep.cpus import usable_cpus
+from sweep.plan import launcher_parallelism
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +73,7 @@ class ForkserverLauncherImpl(Launcher):
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
         sweep_dir.mkdir(parents=True, exist_ok=True)
-        at_once = self.n_jobs if self.n_jobs > 0 else usable_cpus()
+        at_once = launcher_parallelism(self.config.hydra.launcher)  # the rule each job's thread count follows
         log.info(
             "launching %d jobs, %d at once (%s), sweep output dir: %s",
             len(job_overrides), at_once, self.context.get_start_method(), sweep_dir,
