@@ -25,7 +25,10 @@ LR_SCALINGS = ("none", "linear", "sqrt")
 # the sweeper's lr search (pooled over seeds), or tuned per grid cell by Optuna; "candidate" marks a run *of*
 # an lr search, a selection run that no verdict ever reads.
 LR_PROTOCOLS = ("fixed", "scaled", "searched", "tuned", "candidate")
-BUDGETS = ("tokens", "updates", "seconds")
+BUDGETS = ("tokens", "updates", "seconds", "plateau")
+RECURRENT_INITS = ("default", "orthogonal")
+LOSS_REDUCTIONS = ("mean", "sum")
+EVAL_SPACINGS = ("linear", "geometric")
 DEVICES = ("auto", "cpu", "cuda")
 LEVELS = ("word", "char")
 
@@ -58,6 +61,11 @@ class ModelConfig:
     hidden_size: int = 64
     num_layers: int = 1
     embedding_size: int = 32
+    # recurrent weights at initialisation: PyTorch's default (uniform, spectral radius ~0.6 at hidden 64), or each
+    # gate's block orthogonal x spectral_radius, so the regime where gradients can explode (radius > 1, Pascanu
+    # et al. 2013) can be set on purpose (docs/protocol.md, "The exploding regime")
+    recurrent_init: str = "default"
+    spectral_radius: float = 1.0  # used with recurrent_init=orthogonal
 
 
 @dataclass
@@ -69,17 +77,29 @@ class OptimConfig:
     lr_scaling: str = "none"
     base_batch_size: int = 16  # the batch size at which `lr` is used as given
     lr_protocol: str = "fixed"  # fixed | scaled | searched | tuned | candidate: set by the sweeper
+    # mean: cross-entropy per target token (the default: gradients compare across num_steps); sum: the TF PTB
+    # tutorial's loss, summed over a window's time steps and averaged over rows, so it grows with num_steps
+    loss_reduction: str = "mean"
 
 
 @dataclass
 class BudgetConfig:
     kind: str = MISSING
-    amount: float = MISSING
+    amount: float = MISSING  # tokens | updates | seconds; plateau: the cap, in updates
+    # plateau: stop at the first evaluation at which the best held-out loss of the last `patience` evaluations
+    # is less than `min_delta` nats below the best before them (docs/protocol.md, "Budgets")
+    patience: int = 4
+    min_delta: float = 0.01
 
 
 @dataclass
 class EvalConfig:
-    points: int = 4  # held-out evaluations at evenly spaced fractions of the budget (the last one at the end)
+    points: int = 4  # linear spacing: held-out evaluations at evenly spaced fractions of the budget (last at the end)
+    # geometric spacing (budget updates or plateau): evaluations at first x 2^(k / per_doubling) updates, up to
+    # the budget, so a run of 100 and a run of 10,000 updates are both seen at the same relative resolution
+    spacing: str = "linear"
+    first: int = 16
+    per_doubling: int = 4
     rows: int = 32  # held-out stream is cut into this many parallel rows
     max_tokens: int = 0  # evaluate on the first this-many held-out tokens only; 0 = all of them
     # text: the held-out perplexity that counts as "reached" for time-to-target (null = no target)
@@ -121,6 +141,13 @@ class MeasureConfig:
     # window-gradient growth at fixed parameters (claim C5): grad norm of a window's loss vs window length
     growth_lengths: list[int] = field(default_factory=lambda: [4, 8, 16, 32, 64, 128])
     growth_windows: int = 8
+    # state-to-state Jacobian product ||dh_t/dh_{t-L}|| at fixed parameters against L = growth_lengths, estimated
+    # with this many random probe vectors (claim C5: > 1 and growing with L is explosion); 0 = off
+    jacobian_probes: int = 4
+    # how erratic training is at its end (claim C7): this many further updates on a copy of the network, each
+    # parameter state's loss on one fixed held-out batch, beside the loss of one parameter state on as many
+    # different training minibatches (sampling noise alone); 0 = off
+    jitter_updates: int = 16
 
 
 @dataclass
@@ -198,6 +225,29 @@ def validate(cfg: DictConfig) -> None:
     _one_of(cfg, "optim.lr_scaling", LR_SCALINGS)
     _one_of(cfg, "optim.lr_protocol", LR_PROTOCOLS)
     _one_of(cfg, "budget.kind", BUDGETS)
+    _one_of(cfg, "model.recurrent_init", RECURRENT_INITS)
+    radius = cfg.model.spectral_radius
+    _need(radius > 0 and math.isfinite(radius), "model.spectral_radius", "must be a positive number", radius)
+    _one_of(cfg, "optim.loss_reduction", LOSS_REDUCTIONS)
+    _one_of(cfg, "eval.spacing", EVAL_SPACINGS)
+    _positive_int(cfg, "eval.first")
+    _positive_int(cfg, "eval.per_doubling")
+    _need(
+        cfg.eval.spacing == "linear" or cfg.budget.kind in ("updates", "plateau"),
+        "eval.spacing",
+        "geometric needs budget.kind updates or plateau (its evaluations are counted in updates)",
+        cfg.eval.spacing,
+    )
+    if cfg.budget.kind == "plateau":
+        _positive_int(cfg, "budget.patience")
+        delta = cfg.budget.min_delta
+        _need(delta >= 0 and math.isfinite(delta), "budget.min_delta", "must be a number >= 0 (nats)", delta)
+        _need(
+            float(cfg.budget.amount).is_integer(),
+            "budget.amount",
+            "must be a whole number of updates with budget.kind=plateau (the cap)",
+            cfg.budget.amount,
+        )
     lr = cfg.optim.lr
     _need(lr > 0 and math.isfinite(lr), "optim.lr", "must be a positive number", lr)
     _need(cfg.optim.clip >= 0, "optim.clip", "must be >= 0 (0 = no clipping)", cfg.optim.clip)
@@ -261,6 +311,8 @@ def validate(cfg: DictConfig) -> None:
     _need(cfg.checkpoint.every_s >= 0, "checkpoint.every_s", "must be >= 0 (0 = off)", cfg.checkpoint.every_s)
     _need(cfg.lease.ttl_s > 0, "lease.ttl_s", "must be > 0", cfg.lease.ttl_s)
     _need(m.checkpoints >= 0, "measure.checkpoints", "must be >= 0 (0 = only at the end)", m.checkpoints)
+    for key in ("jacobian_probes", "jitter_updates"):
+        _need(isinstance(m[key], int) and m[key] >= 0, f"measure.{key}", "must be an integer >= 0 (0 = off)", m[key])
     for key in ("noise_rows", "noise_small", "noise_windows", "growth_windows"):
         _positive_int(cfg, f"measure.{key}")
     _need(
