@@ -25,7 +25,7 @@ BAD_INPUTS = [
     (["task=lags", "task.lags=[]"], "task.lags"),
     (["optim.lr=0"], "optim.lr"),
     (["optim.lr=-0.1"], "optim.lr"),
-    (["budget=epochs"], "budget=epochs: must be one of seconds, tokens, updates"),
+    (["budget=epochs"], "budget=epochs: must be one of plateau, seconds, tokens, updates"),
     (["budget.amount=0"], "budget.amount"),
     (["batch_size=four"], "batch_size"),
     (["hidden_size=4"], "hidden_size: no such key"),
