@@ -21,7 +21,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from sweep import measures
-from sweep.config import Config, ConfigError, validate
+from sweep.config import Config, ConfigError, OptimConfig, validate
 from sweep.measures import FULL_CONTEXT, measure_all
 from sweep.model import RecurrentModel, sequence_loss
 from sweep.tasks import TaskData
@@ -246,14 +246,20 @@ def test_interface_is_json_and_tidy(random_lstm_result):
         "growth_slope_ci_low": float,
         "growth_slope_ci_high": float,
         "growth_ratio": float,
+        "jacobian_log_norm_max_L": float,
+        "jacobian_slope": float,
+        "jacobian_slope_ci_low": float,
+        "jacobian_slope_ci_high": float,
+        "jacobian_explodes": bool,
         "measure_seconds": float,
     }
     for key, kind in expected.items():
         assert type(summary[key]) is kind, key
-    for key in ("growth_slope", "growth_slope_ci_low", "growth_slope_ci_high", "growth_ratio"):
-        assert summary[f"{key}_initial"] is None  # no initial network given
+    for key in expected:
+        if key.startswith(("growth", "jacobian")):
+            assert summary[f"{key}_initial"] is None  # no initial network given
     assert list(frame.columns) == measures.COLUMNS
-    assert set(frame["measure"]) == {"recall", "context", "gradient", "probe", "probe_cell", "growth"}
+    assert set(frame["measure"]) == {"recall", "context", "gradient", "probe", "probe_cell", "growth", "jacobian"}
     assert set(frame["net"]) == {"trained"}
     context = rows_of(frame, "context")
     assert list(context.index) == [1, 2, 4, 8, 16, 32, 64, 128, FULL_CONTEXT]
@@ -263,6 +269,8 @@ def test_interface_is_json_and_tidy(random_lstm_result):
     assert list(rows_of(frame, "gradient").index) == list(range(129))
     assert list(rows_of(frame, "growth").index) == [4, 8, 16, 32, 64, 128]
     assert (rows_of(frame, "growth")["n"] == 8).all()
+    assert list(rows_of(frame, "jacobian").index) == [4, 8, 16, 32, 64, 128]
+    assert (rows_of(frame, "jacobian")["n"] == 8).all()
     bounded = frame.dropna(subset=["ci_low"])
     assert (bounded["ci_low"] <= bounded["value"] + 1e-12).all()
     assert (bounded["value"] <= bounded["ci_high"] + 1e-12).all()
@@ -413,24 +421,31 @@ def compose():
         yield hydra_compose
 
 
-def _claim_num_steps(cfg: DictConfig) -> list[int]:
-    """Every num_steps the claim preset's grids (and its base params) sweep."""
-    sweeper = cfg.hydra.sweeper
-    values = [str(g["num_steps"]) for g in sweeper.get("grids") or [] if "num_steps" in g]
-    if "num_steps" in (sweeper.get("params") or {}):
-        values.append(str(sweeper.params.num_steps))
-    return [int(v) for text in values for v in text.split(",")]
+def _claim_subgrids(cfg: DictConfig) -> list[tuple[list[str], list[int]]]:
+    """Each sub-grid of the claim preset that a dependency-length claim reads: (its overrides other than
+    num_steps, its num_steps). The exploding-gradient sub-grids (a summed loss, claim C5) read no context or
+    horizon, so their windows do not size those measures."""
+    out = []
+    for g in cfg.hydra.sweeper.get("grids") or []:
+        if "num_steps" not in g or "optim.loss_reduction" in g:
+            continue
+        fixed = [f"{k}={v}" for k, v in g.items() if k != "num_steps" and "," not in str(v)]
+        out.append((fixed, [int(v) for v in str(g["num_steps"]).split(",")]))
+    return out
 
 
 def test_default_contexts_reach_four_times_the_claim_grid(compose):
-    """The measures must look at least 4x beyond the longest window the claim preset trains with, read from the
-    preset itself (a grid that grows must not outgrow its measures silently)."""
+    """The measures must look at least 4x beyond the longest window each sub-grid of the claim preset trains with,
+    read from the preset and composed as that sub-grid's points are (a task preset such as task=lm brings its own
+    measure settings; a grid that grows must not outgrow its measures silently)."""
     cfg = compose("config", overrides=["experiment=claim"], return_hydra_config=True)
-    validate(cfg)
-    longest = max(_claim_num_steps(cfg))
-    assert longest >= 16  # the preset was read, not an empty grid
-    assert max(cfg.measure.contexts) >= 4 * longest
-    assert cfg.measure.horizon_max_k >= 4 * longest
+    subgrids = _claim_subgrids(cfg)
+    assert len(subgrids) >= 3  # the preset was read, not an empty grid
+    for fixed, steps in subgrids:
+        point = compose("config", overrides=["experiment=claim", *fixed, f"num_steps={max(steps)}"])
+        validate(point)
+        assert max(point.measure.contexts) >= 4 * max(steps), fixed
+        assert point.measure.horizon_max_k >= 4 * max(steps), fixed
 
 
 @pytest.mark.parametrize(
@@ -510,17 +525,25 @@ def test_num_steps_sets_the_learned_span_on_echo_lag_8(compose):
 # Gradient growth with window length (claim C5)
 
 
-def gain_rnn(gain: float, vocab: int = 4, hidden: int = 8, seed: int = 0) -> RecurrentModel:
-    """A tanh RNN with no input weights (h stays exactly 0, where tanh' = 1) and W_hh = gain * I: its backward
-    Jacobian is exactly gain * I, so a window's gradient w.r.t. the input weights sums gain^k terms."""
+def gain_rnn(gain: float, vocab: int = 4, hidden: int = 8, seed: int = 0, orthogonal: bool = False) -> RecurrentModel:
+    """A tanh RNN with no input weights (h stays exactly 0, where tanh' = 1) and W_hh = gain * I (or gain * Q,
+    Q a random orthogonal matrix: spectral radius gain): its backward Jacobian is exactly W_hh, so a window's
+    gradient w.r.t. the input weights sums terms of norm gain^k."""
     torch.manual_seed(seed)
     model = RecurrentModel("rnn", vocab, vocab, 1, embedding_size=vocab, hidden_size=hidden)
+    basis = torch.linalg.qr(torch.randn(hidden, hidden))[0] if orthogonal else torch.eye(hidden)
     with torch.no_grad():
         model.rnn.weight_ih_l0.zero_()
         model.rnn.bias_ih_l0.zero_()
         model.rnn.bias_hh_l0.zero_()
-        model.rnn.weight_hh_l0.copy_(gain * torch.eye(hidden))
+        model.rnn.weight_hh_l0.copy_(gain * basis)
     return model
+
+
+def with_loss_reduction(cfg: DictConfig, reduction: str) -> DictConfig:
+    with open_dict(cfg):
+        cfg.optim = OptimConfig(name="sgd", loss_reduction=reduction)
+    return cfg
 
 
 def test_window_gradient_grows_with_recurrent_gain():
@@ -541,6 +564,27 @@ def test_window_gradient_of_a_network_without_recurrence_does_not_grow():
     assert summary["growth_slope"] < 0
     assert summary["growth_slope_ci_high"] < 0.05
     assert summary["growth_ratio"] < 1
+
+
+def test_summed_loss_window_gradient_grows_at_spectral_radius_2():
+    """The TF tutorial's loss (mean per token x L) at W_hh = 2 Q: the gradient grows with L, and each window's
+    norm is exactly L times its mean-loss norm, so the log-log slope is exactly 1 more."""
+    model = gain_rnn(2.0, orthogonal=True)
+    cfg = measure_cfg(growth_lengths=[2, 4, 8, 16], probe=False, contexts=[1, 2], jacobian_probes=0)
+    mean, _ = measure_all(model, text_task(4), with_loss_reduction(cfg, "mean"), "cpu")
+    summed, frame = measure_all(model, text_task(4), with_loss_reduction(cfg, "sum"), "cpu")
+    assert summed["growth_slope"] > 0 and summed["growth_slope_ci_low"] > 1
+    assert rows_of(frame, "growth")["value"].is_monotonic_increasing
+    assert summed["growth_slope"] == pytest.approx(mean["growth_slope"] + 1, abs=1e-4)
+
+
+def test_summed_loss_grows_without_recurrence():
+    """Why the growth slope is read on a mean loss: with a summed loss a network without recurrence has a
+    slope > 0 (its norm grows ~ sqrt(L)), though nothing is amplified."""
+    cfg = measure_cfg(probe=False, jacobian_probes=0)
+    mean, _ = measure_all(zero_recurrence_rnn(10), text_task(10), with_loss_reduction(cfg, "mean"), "cpu")
+    summed, _ = measure_all(zero_recurrence_rnn(10), text_task(10), with_loss_reduction(cfg, "sum"), "cpu")
+    assert mean["growth_slope"] < 0 < summed["growth_slope"]
 
 
 def test_growth_is_measured_on_the_initial_network_too():
