@@ -86,6 +86,8 @@ class Data:
     lr_search: dict | None = None  # lr_search.json
     ttt: pd.DataFrame | None = None  # tables.time_to_target (per grid point)
     selection: pd.DataFrame | None = None  # records that chose an lr (search candidates, tuning trials)
+    cost: pd.DataFrame | None = None  # cost.cost_to_result (per grid point, B_simple at target included)
+    b_crit: pd.DataFrame | None = None  # cost.b_crit_table (per split, cell, num_steps)
 
 
 # ------------------------------------------------------------------------------------------------- helpers
@@ -453,6 +455,112 @@ def time_to_target_fig(data: Data) -> Figure:
     return Figure(name, title, caption, fig)
 
 
+def cost_to_result_values(cost: pd.DataFrame | None, b_crit: pd.DataFrame | None) -> pd.DataFrame:
+    """What cost_to_result_fig draws, one row per (split, cell, num_steps, batch size) of the settings with at
+    least cost.MIN_BATCH_SIZES batch sizes: updates to target with its interval (NaN: censored or not reached),
+    the fitted S(B) there (NaN: not fitted), perfect scaling through the smallest batch, B_crit and B_simple."""
+    from analysis.cost import MIN_BATCH_SIZES
+
+    cols = ["split", "cell", "num_steps", "batch_size", "all_reached", "updates", "updates_ci_low",
+            "updates_ci_high", "fit", "perfect", "s_min", "b_crit", "b_simple", "b_simple_ci_low",
+            "b_simple_ci_high"]  # fmt: skip
+    if cost is None or cost.empty:
+        return pd.DataFrame(columns=cols)
+    sizes = cost.groupby("split")["batch_size"].nunique()
+    df = cost[cost["split"].isin(sizes.index[sizes >= MIN_BATCH_SIZES])].copy()
+    df = df[df.groupby(["split", "cell", "num_steps"])["updates"].transform(lambda v: v.notna().any())]
+    if df.empty:
+        return pd.DataFrame(columns=cols)
+    fits = b_crit.set_index(["split", "cell", "num_steps"]) if b_crit is not None and not b_crit.empty else None
+    out = []
+    for (split, cell, ns), g in df.groupby(["split", "cell", "num_steps"], sort=True):
+        g = g.sort_values("batch_size")
+        fit = fits.loc[(split, cell, ns)] if fits is not None and (split, cell, ns) in fits.index else None
+        bc = float(fit["B_crit (steps)"]) if fit is not None else np.nan
+        s_min = float(fit["S_min"]) if fit is not None else np.nan
+        b = g["batch_size"].to_numpy(float)
+        full = g["all_reached"].to_numpy(bool) & g["updates"].notna().to_numpy()
+        base = g[full].iloc[0] if full.any() else None
+        perfect = (
+            float(base["updates"]) * float(base["batch_size"]) / b if base is not None else np.full(len(b), np.nan)
+        )
+        out.append(pd.DataFrame({
+            "split": split, "cell": cell, "num_steps": int(ns), "batch_size": b.astype(int), "all_reached": full,
+            "updates": g["updates"].where(full).to_numpy(float),
+            "updates_ci_low": g["updates_ci_low"].where(full).to_numpy(float),
+            "updates_ci_high": g["updates_ci_high"].where(full).to_numpy(float),
+            "fit": s_min * (1 + bc / b) if np.isfinite(bc) else np.nan, "perfect": perfect, "s_min": s_min,
+            "b_crit": bc,
+            "b_simple": float(fit["B_simple at target"]) if fit is not None else np.nan,
+            "b_simple_ci_low": float(fit["B_simple ci_low"]) if fit is not None else np.nan,
+            "b_simple_ci_high": float(fit["B_simple ci_high"]) if fit is not None else np.nan,
+        }))  # fmt: skip
+    return pd.concat(out, ignore_index=True)[cols]
+
+
+def cost_to_result_fig(data: Data) -> Figure:
+    name, title = "cost_to_result", "Cost to result: updates to target against batch size"
+    caption = (
+        "Per cell (columns) and setting (rows) with at least 4 batch sizes: updates to the target (geometric mean "
+        "over seeds, crossings interpolated in log updates; bars: interval over seeds and the bracketing "
+        "evaluations), only where every seed reached it; solid: the fitted S(B) = S_min (1 + B_crit/B) (Shallue et "
+        "al. 2019); dotted: perfect scaling through the smallest batch (half the updates per doubling); dashed "
+        "vertical: B_crit of the fit; ▲ on the axis: B_simple at the target (McCandlish et al. 2018), bar: its "
+        "interval. Colour: num_steps."
+    )
+    values = cost_to_result_values(data.cost, data.b_crit)
+    if values.empty:
+        why = (
+            "no setting has 4 or more batch sizes with a time to target"
+            if data.cost is not None and not data.cost.empty
+            else "no run has a target and held-out evaluations (evals.parquet)"
+        )
+        return _skip(name, title, caption, why)
+    splits = sorted(values["split"].unique())
+    cells = _cells(values)
+    fig, axes = plt.subplots(len(splits), len(cells), figsize=(3.9 * len(cells) + 1.2, 3.2 * len(splits)),
+                             squeeze=False)  # fmt: skip
+    palette = _hue_palette(values["num_steps"])
+    for i, split in enumerate(splits):
+        for j, cell in enumerate(cells):
+            ax = axes[i][j]
+            part = values[(values["split"] == split) & (values["cell"] == cell)]
+            if part.empty:
+                ax.set_axis_off()  # no panel without data: this cell was not run in this setting
+                continue
+            for ns, g in part.groupby("num_steps"):
+                color = palette[int(ns)]
+                pts = g[g["all_reached"]]
+                err = np.vstack([(pts["updates"] - pts["updates_ci_low"]).fillna(0),
+                                 (pts["updates_ci_high"] - pts["updates"]).fillna(0)]).clip(min=0)  # fmt: skip
+                ax.errorbar(pts["batch_size"], pts["updates"], yerr=err, fmt="o", ms=4, capsize=2, color=color,
+                            label=str(int(ns)))  # fmt: skip
+                if g["fit"].notna().any():
+                    bb = np.geomspace(g["batch_size"].min(), g["batch_size"].max(), 100)
+                    s_min, bc = float(g["s_min"].iloc[0]), float(g["b_crit"].iloc[0])
+                    ax.plot(bb, s_min * (1 + bc / bb), "-", lw=1.2, color=color)
+                    ax.axvline(bc, ls="--", lw=0.9, color=color)
+                ax.plot(g["batch_size"], g["perfect"], ":", lw=1, color=color)
+                bs_ = float(g["b_simple"].iloc[0])
+                if np.isfinite(bs_) and bs_ > 0:
+                    lo, hi = float(g["b_simple_ci_low"].iloc[0]), float(g["b_simple_ci_high"].iloc[0])
+                    xerr = [[bs_ - lo], [hi - bs_]] if np.isfinite(lo) and np.isfinite(hi) else None
+                    ax.errorbar([bs_], [0.03], xerr=xerr, fmt="^", ms=7, color=color, capsize=2,
+                                transform=ax.get_xaxis_transform(), clip_on=False)  # fmt: skip
+            ax.set_yscale("log")
+            _log2_axis(ax, part["batch_size"])
+            ax.set_title(f"{cell}\n" + "\n".join(textwrap.wrap(split, 44)), fontsize=8)
+            ax.set_xlabel("batch size")
+            ax.set_ylabel("updates to target" if j == 0 else "")
+    handles, labels = next(((a.get_legend_handles_labels()) for a in axes.flat if a.get_legend_handles_labels()[0]),
+                           ([], []))  # fmt: skip
+    if handles:
+        axes[0][-1].legend(handles, labels, title="num_steps", fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1))
+    fig.tight_layout()
+    _suptitle(fig, _with_setting(title, values))
+    return Figure(name, title, caption, fig, data=values)
+
+
 def lr_vs_batch(data: Data) -> Figure:
     name, title = "lr_vs_batch", "Chosen learning rate against batch size (lr search)"
     caption = (
@@ -704,6 +812,7 @@ def noise_scale_fig(data: Data) -> Figure:
 BUILDERS: list[Callable[[Data], Figure]] = [
     speed_phase,
     time_to_target_fig,
+    cost_to_result_fig,
     lr_vs_batch,
     lr_sensitivity,
     held_out_curves,

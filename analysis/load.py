@@ -11,6 +11,11 @@ Files a sweep writes beside its runs are read when present: `speed.parquet` (+ `
 phase: the only tokens/s that may decide a speed verdict) and `lr_search.json` (the learning-rate search).
 Records written before a measure existed keep that column empty: a missing measure is marked, never derived
 from something else.
+A run's `budget` is its kind and amount ("tokens 65536"; budget=plateau: "plateau cap 8192", the cap in updates)
+and `regime` says what it measures: "budget" (tokens, updates, seconds: learning speed at a budget) or "plateau"
+(trained until the held-out loss levels off: what is learned once trained). Plateau records say how they ended
+(`stop_reason`, `converged`, `stopped_at_update`, `best_valid_loss`, `best_valid_update`); older records leave
+those empty.
 """
 
 from __future__ import annotations
@@ -71,9 +76,19 @@ _NOT_A_VARIANT = {
     "group_norm_every",
     "measure.checkpoints",
 }
+# How a run ended (budget=plateau, docs/protocol.md "Budgets"): records written before these keys existed leave
+# them empty (NaN; `converged` None), never inferred from the run's length.
+STOP_KEYS = ("stop_reason", "converged", "stopped_at_update", "best_valid_loss", "best_valid_update")
+STOP_REASONS = ("plateau", "cap", "budget", "diverged", "pruned")
 # Summary fields the analysis reads: present as columns (NaN) even when no record has them (only failed runs,
 # or measures not written yet).
-EXPECTED = SUMMARY_KEYS
+EXPECTED = tuple(dict.fromkeys((*SUMMARY_KEYS, *STOP_KEYS)))
+# regime: a fixed budget (tokens, updates, seconds) measures learning speed at that budget; budget=plateau trains
+# each run until its held-out loss stops improving (or to its cap), so it measures what is learned once trained
+PLATEAU, BUDGET = "plateau", "budget"
+# Keys of the evaluation schedule and the plateau rule: for a fixed budget they change nothing trained (evaluating
+# does not touch the trajectory); for plateau runs they are part of the stop rule, so they count as settings there.
+_PLATEAU_RULE_KEYS = {"eval.spacing", "eval.first", "eval.per_doubling", "budget.patience", "budget.min_delta"}
 # optim.lr_protocol (set by the sweeper) -> the label a split carries
 PROTOCOLS = ("fixed", "scaled", "searched", "tuned", "candidate")
 SPEED_PLAN, LR_SEARCH = SPEED_PLAN_FILE, LR_SEARCH_FILE
@@ -241,7 +256,8 @@ def _flatten(rec: dict[str, Any], folder: Path, root: Path, series: dict[str, bo
         "seed": cfg.get("seed"),
         "budget_kind": budget.get("kind"),
         "budget_amount": budget.get("amount"),
-        "budget": f"{budget.get('kind')} {_num(budget.get('amount'))}",
+        "budget": _budget_label(budget),
+        "regime": PLATEAU if budget.get("kind") == PLATEAU else BUDGET,
         "optimizer": optim.get("name"),
         "lr_scaling": optim.get("lr_scaling"),
         "protocol": _protocol(optim, tuned),
@@ -280,6 +296,12 @@ def _flatten(rec: dict[str, Any], folder: Path, root: Path, series: dict[str, bo
     for key, value in flat_config(cfg).items():
         row[f"cfg.{key}"] = value
     return row
+
+
+def _budget_label(budget: dict[str, Any]) -> str:
+    """The budget as a split names it (tokens 65536, updates 300); a plateau run by its cap: plateau cap 8192."""
+    kind, amount = budget.get("kind"), _num(budget.get("amount"))
+    return f"plateau cap {amount}" if kind == PLATEAU else f"{kind} {amount}"
 
 
 def _num(x: Any) -> str:
@@ -340,6 +362,14 @@ def _finish_table(runs: pd.DataFrame, best: set[str]) -> pd.DataFrame:
     for col in EXPECTED:
         if col not in runs:
             runs[col] = np.nan
+    if "regime" not in runs:
+        runs["regime"] = BUDGET
+    # True / False for plateau runs, None for fixed budgets and for records older than the key
+    runs["converged"] = [v if isinstance(v, (bool, np.bool_)) else None for v in runs["converged"]]
+    runs["converged"] = runs["converged"].astype(object)
+    runs["stop_reason"] = [v if isinstance(v, str) else None for v in runs["stop_reason"]]
+    for col in ("stopped_at_update", "best_valid_loss", "best_valid_update"):
+        runs[col] = pd.to_numeric(runs[col], errors="coerce")
     for col in ("batch_size", "num_steps", "seed"):
         runs[col] = pd.to_numeric(runs[col], errors="coerce").astype("Int64")
     # Selection runs (an lr search's candidates, an Optuna study's trials) chose a nuisance parameter: kept and
@@ -394,12 +424,15 @@ def _variants(runs: pd.DataFrame) -> pd.Series:
     # a searched or tuned lr differs per grid point by design: a nuisance parameter, not a setting
     nuisance = runs["tuning_trial"].astype(bool) | runs["lr_protocol"].isin(["searched", "tuned"])
     judged = ~runs["selection"] | runs["tuning_trial"]  # an lr search's candidates run other settings on purpose
+    plateau = runs["regime"] == PLATEAU if "regime" in runs else pd.Series(False, index=runs.index)
     keys = []
     for col in cfg_cols:
         key = col[4:]
         if key in _NOT_A_VARIANT or key.split(".", 1)[0] in _NOT_A_VARIANT:  # e.g. checkpoint.every_s
             continue
         values = runs.loc[~nuisance & judged, col] if key in _TUNED_KEYS else runs.loc[judged, col]
+        if key in _PLATEAU_RULE_KEYS:
+            values = runs.loc[judged & plateau, col]
         # a key absent from older records (the config schema grew) is not a setting that varies
         if values.dropna().astype(str).nunique() > 1:
             keys.append(key)
@@ -407,6 +440,8 @@ def _variants(runs: pd.DataFrame) -> pd.Series:
     def label(row: pd.Series) -> str:
         parts = []
         for key in keys:
+            if key in _PLATEAU_RULE_KEYS and not plateau[row.name]:
+                continue
             value = "tuned" if nuisance[row.name] and key in _TUNED_KEYS else row[f"cfg.{key}"]
             if not (isinstance(value, float) and np.isnan(value)):
                 parts.append(f"{key}={value}")

@@ -18,6 +18,7 @@ from typing import Any
 
 import pandas as pd
 
+from analysis import cost as costs
 from analysis import figures as figs
 from analysis import readme, tables
 from analysis.load import Results, load_results, load_series
@@ -53,6 +54,9 @@ class Computed:
     effects: pd.DataFrame
     th: dict[str, Any]
     th_path: Any
+    cost: pd.DataFrame | None = None  # cost.cost_to_result (per grid point)
+    b_crit: pd.DataFrame | None = None  # cost.b_crit_table (per split, cell, num_steps)
+    caps: pd.DataFrame | None = None  # cost.cap_runs: plateau runs stopped at their cap
 
 
 def build_report(
@@ -72,12 +76,16 @@ def build_report(
     judged = runs[runs["in_verdicts"]]
     evals = load_series(judged, "evals", EVAL_COLUMNS)
     level = float(th.get("confidence", 0.95))
-    ttt = tables.time_to_target(judged, evals, results.speed, level=level)
+    # one crossing per run (interpolated, B_simple at it) feeds the time-to-target table, the cost curves and fits
+    per_run = costs.crossings(judged, evals, results.speed)
+    ttt = tables.aggregate_ttt(per_run, level)
     c = Computed(
         results=results, verdicts=verdicts, speed=tables.speed_table(results.speed, level), ttt=ttt,
         fastest=tables.fastest_batch(ttt), noise=tables.noise_scale_table(judged, evals, level),
         lr=tables.lr_summary(results.lr_search, level), means=tables.means_table(runs, th),
         effects=tables.effect_sizes(runs), th=th, th_path=thresholds,
+        cost=costs.cost_to_result(per_run, level), b_crit=costs.b_crit_table(per_run, level),
+        caps=costs.cap_runs(judged),
     )  # fmt: skip
     data = figs.Data(
         runs=judged,
@@ -88,6 +96,8 @@ def build_report(
         lr_search=results.lr_search,
         ttt=ttt,
         selection=runs[runs["selection"].astype(bool)] if "selection" in runs else None,
+        cost=c.cost,
+        b_crit=c.b_crit,
     )
     figures = figs.build_all(data)
     _write_tables(out, c, data.profiles)
@@ -137,6 +147,10 @@ def _write_tables(out: Path, c: Computed, profiles: pd.DataFrame) -> None:
     c.effects.to_csv(out / "effect_sizes.csv", index=False)
     c.speed.to_csv(out / "speed_table.csv", index=False)
     c.ttt.to_csv(out / "time_to_target.csv", index=False)
+    if c.cost is not None:
+        c.cost.to_csv(out / "cost_to_result.csv", index=False)
+    if c.b_crit is not None:
+        c.b_crit.to_csv(out / "b_crit.csv", index=False)
     c.noise.to_csv(out / "noise_scale.csv", index=False)
     c.lr.to_csv(out / "lr_protocol.csv", index=False)
     results.skipped.to_csv(out / "skipped.csv", index=False)
@@ -154,7 +168,7 @@ def _frame(v: Verdict, attr: str) -> pd.DataFrame:
 # ------------------------------------------------------------------------------------------------ content
 def _budget_order(budget: str) -> tuple[int, str]:
     kind = str(budget).split()[0]
-    return ({"tokens": 0, "updates": 1}.get(kind, 2), str(budget))
+    return ({"plateau": 0, "tokens": 1, "updates": 2}.get(kind, 3), str(budget))
 
 
 def _budget_words(budget: str) -> str:
@@ -165,6 +179,9 @@ def _budget_words(budget: str) -> str:
         return f"Equal updates ({amount} optimizer updates per run)"
     if kind == "seconds":
         return f"Equal training time ({amount} s per run)"
+    if kind == "plateau":
+        cap = amount.removeprefix("cap ")
+        return f"Trained to a plateau (until the held-out loss stops improving, {cap} updates at most)"
     return f"Budget {budget}"
 
 
@@ -237,6 +254,11 @@ def _answer(c: Computed) -> list[Block]:
         part = judged[judged["budget"] == budget]
         splits = sorted(part["split"].unique())
         text = [f"**{_budget_words(budget)}.**"]
+        if str(budget).startswith("plateau"):
+            text.append(
+                "Each run trains until its held-out loss levels off: what is learned once trained, whatever the "
+                "batch size costs to get there (that cost is the cost to result below)."
+            )
         if str(budget).startswith("updates"):
             text.append(
                 "Every run takes the same number of optimizer steps, so a batch k times larger also "
@@ -333,23 +355,7 @@ def _blocks(c: Computed, figures: list[figs.Figure]) -> list[Block]:
     else:
         b.append(Block("p", "*No speed phase in this folder (speed.parquet absent).*"))
 
-    b.append(Block("h2", "Time to target"))
-    b.append(Block("p", tables.TARGET_RULE.format(**tables.TARGETS)))
-    if not c.ttt.empty:
-        b.append(Block("p", "Updates to target (geometric mean [t-interval] over seeds; k/n where not all reached):"))
-        b.append(Block("table", table=tables.ttt_wide(c.ttt, "updates")))
-        b.append(Block("p", "Wall-clock seconds to target (tokens to target × the speed phase's seconds per token):"))
-        b.append(Block("table", table=tables.ttt_wide(c.ttt, "seconds")))
-        b.append(
-            Block(
-                "p",
-                "Which batch size gets there first, per cell and num_steps (points whose seeds all "
-                "reached the target):",
-            )
-        )
-        b.append(Block("table", table=_round(c.fastest)))
-    else:
-        b.append(Block("p", "*No run has both a target and held-out evaluations.*"))
+    b += _cost_blocks(c)
 
     b.append(Block("h2", "Critical batch size (gradient noise scale)"))
     verdict_of = {v.claim.id: v.verdict for v in verdicts}
@@ -406,6 +412,54 @@ def _blocks(c: Computed, figures: list[figs.Figure]) -> list[Block]:
     b.append(Block("p", "Mean over seeds [CI] per grid point (complete runs)."))
     wide = tables.means_wide(c.means)
     b.append(Block("table", table=wide) if not wide.empty else Block("p", "*No complete runs.*"))
+    return b
+
+
+def _cost_blocks(c: Computed) -> list[Block]:
+    """Cost to result: updates, tokens and wall-clock to the target per grid point, which batch size gets
+    there first, the critical batch size of the cost curves beside B_simple at the target, and the plateau
+    runs that stopped at their cap."""
+    b = [Block("h2", "Cost to result")]
+    b.append(Block("p", (
+        "Fixed budgets (tokens, updates, seconds) measure *learning speed at a budget*: a run that has not reached "
+        "the target when its budget ends is censored there. Plateau runs are *trained to a plateau*: each stops "
+        "when its held-out loss levels off (or at its cap), so their time to target is the cost of the result "
+        "itself. " + tables.TARGET_RULE.format(**tables.TARGETS, text_margin=tables.TEXT_MARGIN)
+    )))  # fmt: skip
+    if c.ttt.empty:
+        b.append(Block("p", "*No run has both a target and held-out evaluations.*"))
+    else:
+        targets = c.ttt.drop_duplicates(["split", "cell", "num_steps"])[
+            ["split", "cell", "num_steps", "target", "target_source"]
+        ].rename(columns={"target_source": "target from"})
+        b.append(Block("p", "Targets used:"))
+        b.append(Block("table", table=targets.assign(num_steps=targets["num_steps"].astype(int))))
+        for measure, words in (
+            ("updates", "Updates to target"),
+            ("tokens", "Tokens to target"),
+            ("seconds", "Wall-clock seconds to target (tokens to target × the speed phase's seconds per token)"),
+        ):
+            if measure == "seconds" and c.ttt["seconds"].isna().all():
+                b.append(Block("p", "*No wall-clock to target: the speed phase timed none of these points.*"))
+                continue
+            b.append(Block("p", f"{words} (geometric mean [interval] over seeds; k/n where not all reached):"))
+            b.append(Block("table", table=tables.ttt_wide(c.ttt, measure)))
+        b.append(Block("p", "Which batch size gets there first, per cell and num_steps (points whose seeds all "
+                            "reached the target):"))  # fmt: skip
+        b.append(Block("table", table=_round(c.fastest)))
+    b.append(Block("h3", "Critical batch size from the cost curves"))
+    b.append(Block("p", costs.FIT_RULE.format(n=costs.MIN_BATCH_SIZES, boot=costs.N_BOOT, seed=costs.BOOT_SEED)))
+    if c.b_crit is not None and not c.b_crit.empty:
+        b.append(Block("table", table=costs.show_b_crit(c.b_crit)))
+        b.append(Block("p", "Every number of this table, the fits' S_min, E_min and residuals included, is in "
+                            "`b_crit.csv`; the per-point times and B_simple in `cost_to_result.csv`."))  # fmt: skip
+    else:
+        b.append(Block("p", "*No time to target to fit.*"))
+    b.append(Block("h3", "Plateau runs that hit the cap"))
+    caps = c.caps if c.caps is not None else pd.DataFrame()
+    b.append(Block("p", costs.cap_sentence(c.results.runs[c.results.runs["in_verdicts"]], caps)))
+    if not caps.empty:
+        b.append(Block("table", table=_round(caps)))
     return b
 
 

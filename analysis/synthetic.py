@@ -117,6 +117,7 @@ def runs_table(
 # ------------------------------------------------------------------------------------------- records on disk
 def _config(row: dict[str, Any], lags: list[int]) -> dict[str, Any]:
     kind, amount = str(row.get("budget", "tokens 65536")).split()
+    plateau = kind == "plateau"  # the cap in updates, geometric evaluations (conf/budget/plateau.yaml)
     return {
         "batch_size": int(row["batch_size"]),
         "num_steps": int(row["num_steps"]),
@@ -150,8 +151,12 @@ def _config(row: dict[str, Any], lags: list[int]) -> dict[str, Any]:
             "lr_scaling": "none",
             "base_batch_size": 16,
         },
-        "budget": {"kind": kind, "amount": float(amount)},
-        "eval": {"points": 4, "rows": 32},
+        "budget": {"kind": kind, "amount": float(amount), **({"patience": 4, "min_delta": 0.01} if plateau else {})},
+        "eval": {
+            "points": 4,
+            "rows": 32,
+            **({"spacing": "geometric", "first": 16, "per_doubling": 4} if plateau else {}),
+        },
         "measure": {
             "enabled": True,
             "chance_margin": 0.1,
@@ -277,8 +282,95 @@ def write_record(folder: Path, row: dict[str, Any], updates: int = 40, profiles:
     ):
         if key in row and pd.notna(row[key]) and status == "complete":
             summary[key] = float(row[key])
+    for key in STOP_KEYS:  # how a plateau run ended (records of a fixed budget may leave them out)
+        value = row.get(key)
+        if value is not None and not (isinstance(value, float) and math.isnan(value)):
+            summary[key] = bool(value) if key == "converged" else value
     rec.update(status=status, env=ENV, summary=summary)
     (folder / "run.json").write_text(json.dumps(rec, indent=2))
+
+
+STOP_KEYS = ("stop_reason", "converged", "stopped_at_update", "best_valid_loss", "best_valid_update")
+
+
+# ---------------------------------------------------------------------------------------------- cost curves
+def cost_table(
+    *,
+    cells: Iterable[str] = ("gru",),
+    batch_sizes: Iterable[int] = (1, 2, 4, 8, 16, 32, 64),
+    num_steps: Iterable[int] = (32,),
+    seeds: Iterable[int] = (0, 1, 2, 3, 4),
+    s_min: float = 100.0,
+    b_crit: float = 12.0,
+    noise: float = 0.05,
+    cap: int = 8192,
+    rng: int = 0,
+) -> pd.DataFrame:
+    """Plateau runs on echo whose updates to 0.9 accuracy follow S(B) = s_min (1 + b_crit / B) (Shallue et al.
+    2019) times exp(N(0, noise)) per seed: column `updates_to_target`, the truth a fit must recover. A run whose
+    crossing lies beyond `cap` never reaches the target and stops at the cap, not converged."""
+    gen = np.random.default_rng(rng)
+    rows = []
+    for cell in cells:
+        for bs in batch_sizes:
+            for ns in num_steps:
+                for seed in seeds:
+                    u = s_min * (1 + b_crit / bs) * float(np.exp(gen.normal(0.0, noise)))
+                    rows.append({"task": "echo", "budget": f"plateau {cap}", "protocol": "fixed lr", "cell": cell,
+                                 "batch_size": bs, "num_steps": ns, "seed": seed, "status": "complete",
+                                 "updates_to_target": u, "valid_loss": 0.2, "valid_accuracy": 0.95,
+                                 "tokens_per_s": 2000.0 * bs})  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def cost_evals(
+    row: dict[str, Any],
+    cap: int,
+    b_simple: Callable[[float], float],
+    first: int = 16,
+    per_doubling: int = 4,
+    noise_every: int = 3,
+) -> tuple[pd.DataFrame, int]:
+    """A plateau run's evaluations (geometric, as eval.spacing=geometric) whose accuracy at lag 8 rises smoothly
+    in log updates through 0.9 at row["updates_to_target"], held-out loss falling with it, and the gradient
+    noise scale b_simple(update / crossing) at every `noise_every`-th evaluation and the last. The run stops two
+    doublings after its crossing (its plateau), or at the cap. Returns (evals, the update it stopped at)."""
+    target = float(row["updates_to_target"])
+    stop = min(cap, int(2 ** np.ceil(np.log2(4 * target))))
+    steps = [p for k in range(200) if (p := round(first * 2 ** (k / per_doubling))) < stop]
+    steps = [*sorted(set(steps)), stop]
+    logit = math.log((0.9 - 0.25) / (1 - 0.9))  # accuracy 0.25 + 0.75 sigmoid(.) is 0.9 at the crossing
+    bs, ns = int(row["batch_size"]), int(row["num_steps"])
+    rows = []
+    for i, u in enumerate(steps):
+        acc = 0.25 + 0.75 / (1 + math.exp(-(2.5 * math.log(u / target) + logit)))
+        measured = i % noise_every == 0 or i == len(steps) - 1
+        rows.append({"step": u, "tokens": u * bs * ns, "time_s": u * bs * ns / 1000.0, "loss": -math.log(acc),
+                     "acc_lag_8": acc, "noise_b_simple": b_simple(u / target) if measured else np.nan,
+                     "noise_g2": 1.0 if measured else np.nan,
+                     "noise_trace": b_simple(u / target) if measured else np.nan})  # fmt: skip
+    return pd.DataFrame(rows), stop
+
+
+def write_cost_results(
+    root: str | Path, table: pd.DataFrame, b_simple: Callable[[float], float] = lambda rel: 12.0, noise_every: int = 3
+) -> list[Path]:
+    """write_results for a cost_table, each run's evals.parquet replaced by cost_evals and its summary saying
+    how it stopped (plateau, or the cap, its budget's amount, when it got there first)."""
+    folders = write_results(root, table, updates=20, profiles=False)
+    for folder, row in zip(folders, table.to_dict("records"), strict=True):
+        cap = int(float(str(row["budget"]).split()[1]))
+        evals, stop = cost_evals(row, cap, b_simple, noise_every=noise_every)
+        evals.to_parquet(folder / "evals.parquet", index=False)
+        rec = json.loads((folder / "run.json").read_text())
+        best = int(evals["loss"].idxmin())
+        rec["summary"].update(
+            stop_reason="plateau" if stop < cap else "cap", converged=stop < cap, stopped_at_update=stop,
+            best_valid_loss=float(evals["loss"].iloc[best]), best_valid_update=int(evals["step"].iloc[best]),
+            updates=stop,
+        )  # fmt: skip
+        (folder / "run.json").write_text(json.dumps(rec, indent=2))
+    return folders
 
 
 def _profiles(row: dict[str, Any], lags: list[int], acc: dict[str, float], gen) -> pd.DataFrame:

@@ -323,18 +323,28 @@ def speed_settings(speed: pd.DataFrame | None, plan: dict[str, Any] | None) -> s
 
 # ----------------------------------------------------------------------------------------- time to target
 TARGETS = {"echo_accuracy": 0.9, "lags_span": 8, "text_perplexity": None}
+# nats added to the worst batch size's plateau loss when a text preset sets no target: C2's equivalence margin
+# for text (docs/claims.md), exp(0.02) = 2 % perplexity, so a batch size "as good as the worst" reaches it
+TEXT_MARGIN = 0.02
 TARGET_RULE = (
-    "A run reaches its target at the first held-out evaluation that meets it — echo: accuracy at its lag ≥ "
-    "{echo_accuracy:g}; lags: recalled span ≥ {lags_span:g} (a lag counts when its accuracy is ≥ chance + "
-    "measure.chance_margin and every shorter lag does too; the evaluations store no counts, so the Wilson "
-    "condition of the final span is not applied); text: perplexity ≤ the preset's eval.target_perplexity "
-    "(no target set: not measured). Tokens and updates are read at that evaluation; wall-clock = tokens × the "
-    "speed phase's median seconds per token of the same (task, cell, batch_size, num_steps) (— where the speed "
-    "phase did not time that point). Per grid point: k/n seeds reached; the geometric mean over seeds when "
-    "every seed reached it, with an interval from the t-interval's lower end (log scale) over the seeds' "
-    "*previous* evaluations to its upper end over the evaluations that met the target, since evaluations are "
-    "spaced and a run reached its target somewhere in between; otherwise the median with the runs that "
-    'did not reach it counted as later than any that did ("not reached" when fewer than half reached).'
+    "A run reaches its target between the last held-out evaluation that misses it and the first that meets it "
+    "— echo: accuracy at its lag ≥ {echo_accuracy:g}; lags: recalled span ≥ {lags_span:g} (a lag counts when its "
+    "accuracy is ≥ chance + measure.chance_margin and every shorter lag does too; the evaluations store no "
+    "counts, so the Wilson condition of the final span is not applied; the metric interpolated is the smallest "
+    "margin above chance + chance_margin over the lags the span needs); text: perplexity ≤ the preset's "
+    "eval.target_perplexity, or, where the preset sets none, a held-out loss derived per (setting, cell, "
+    "num_steps): the worst seed-mean best held-out loss among the batch sizes (runs that converged, for plateau "
+    "runs) + {text_margin:g} nats, so every batch size that converged can reach it. The crossing is "
+    "**interpolated**, linear in log updates on the metric, between those two evaluations (not read at the "
+    "evaluation's step); a target met at the very first evaluation is read there (an upper bound). Tokens are "
+    "interpolated alike; wall-clock = tokens × the speed phase's median seconds per token of the same (task, "
+    "cell, batch_size, num_steps) (— where the speed phase did not time that point), never a run's own clock. "
+    "Per grid point: k/n seeds reached; the geometric mean of the crossings over seeds when every seed reached "
+    "it, its interval the t-interval on logs widened to cover the seeds' bracketing evaluations (the previous "
+    "one below, the one that met the target above), since the crossing lies somewhere in between; otherwise the "
+    'median with the runs that did not reach it counted as later than any that did ("not reached" when fewer '
+    'than half reached). A fixed budget censors a run at its end: "not reached" there means not within the '
+    "budget."
 )
 
 
@@ -350,76 +360,166 @@ def _eval_span(row: pd.Series, lag_cols: list[str], chance: float, margin: float
     return float(span)
 
 
-def _reached_mask(run: pd.Series, ev: pd.DataFrame, targets: dict[str, Any]) -> tuple[pd.Series | None, str]:
-    """Per evaluation row of one run: whether the target is met, and the target in words (None: no target)."""
+def _span_margin(ev: pd.DataFrame, lag_cols: list[str], threshold: float, span: float) -> pd.Series:
+    """Per evaluation: the smallest accuracy - threshold over the lags up to the first measured lag >= span.
+    It is >= 0 exactly when the recalled span (_eval_span) is >= span, and it moves continuously, so the
+    crossing can be interpolated (the span itself jumps between lags)."""
+    ks = np.array([int(c.removeprefix("acc_lag_")) for c in lag_cols])
+    acc = ev[lag_cols].apply(pd.to_numeric, errors="coerce").to_numpy(float) - threshold
+    running = np.minimum.accumulate(np.where(np.isnan(acc), np.inf, acc), axis=1)
+    # per row: the first lag >= span that has a value (a head with no target is skipped, as in the span)
+    usable = (ks >= span)[None, :] & ~np.isnan(acc)
+    first = np.where(usable.any(axis=1), usable.argmax(axis=1), -1)
+    out = np.where(first >= 0, running[np.arange(len(acc)), np.maximum(first, 0)], np.nan)
+    return pd.Series(out, index=ev.index)
+
+
+def _target_metric(run: pd.Series, ev: pd.DataFrame, targets: dict[str, Any], derived: dict[tuple, float]) -> tuple:
+    """Per evaluation row of one run: (metric, threshold, higher_is_better, target in words, target source);
+    metric None when the run has no target."""
     task = run.get("task")
     if task == "echo":
         lag = run.get("cfg.task.lag")
         col = "accuracy" if "accuracy" in ev and ev["accuracy"].notna().any() else f"acc_lag_{_int(lag)}"
         if col not in ev:
-            return None, "no accuracy column"
-        return pd.to_numeric(ev[col], errors="coerce") >= targets["echo_accuracy"], (
-            f"accuracy ≥ {targets['echo_accuracy']:g}")  # fmt: skip
+            return None, np.nan, True, "no accuracy column", ""
+        thr = float(targets["echo_accuracy"])
+        return pd.to_numeric(ev[col], errors="coerce"), thr, True, f"accuracy ≥ {thr:g}", "fixed"
     if task == "lags":
         lag_cols = sorted((c for c in ev if c.startswith("acc_lag_")), key=lambda c: int(c.removeprefix("acc_lag_")))
         chance = pd.to_numeric(pd.Series([run.get("chance_accuracy")]), errors="coerce").iloc[0]
         margin = pd.to_numeric(pd.Series([run.get("cfg.measure.chance_margin", 0.1)]), errors="coerce").iloc[0]
         if not lag_cols or pd.isna(chance):
-            return None, "no accuracy per lag"
+            return None, np.nan, True, "no accuracy per lag", ""
         margin = 0.1 if pd.isna(margin) else float(margin)
-        span = ev.apply(_eval_span, axis=1, args=(lag_cols, float(chance), margin))
-        return span >= targets["lags_span"], f"span ≥ {targets['lags_span']:g}"
+        span = float(targets["lags_span"])
+        metric = _span_margin(ev, lag_cols, float(chance) + margin, span)
+        return metric, 0.0, True, f"span ≥ {span:g}", "fixed"
     if task == "text":
+        if "loss" not in ev:
+            return None, np.nan, False, "no held-out loss", ""
+        loss = pd.to_numeric(ev["loss"], errors="coerce")
         target = run.get("cfg.eval.target_perplexity", targets.get("text_perplexity"))
         target = pd.to_numeric(pd.Series([target]), errors="coerce").iloc[0]
-        if pd.isna(target) or "loss" not in ev:
-            return None, "no target perplexity in the preset"
-        return np.exp(pd.to_numeric(ev["loss"], errors="coerce").clip(upper=50)) <= target, f"perplexity ≤ {target:g}"
-    return None, f"no target for task {task}"
+        if pd.notna(target) and target > 0:
+            return loss, float(np.log(target)), False, f"perplexity ≤ {target:g}", "preset (eval.target_perplexity)"
+        ns = pd.to_numeric(pd.Series([run.get("num_steps")]), errors="coerce").iloc[0]
+        key = (run.get("split"), run.get("cell"), int(ns) if pd.notna(ns) else None)
+        if key not in derived:
+            return None, np.nan, False, "no target perplexity in the preset, none derivable", ""
+        thr, worst = derived[key]
+        return loss, thr, False, f"loss ≤ {thr:.3f} nats (perplexity ≤ {np.exp(thr):.3g})", (
+            f"derived: worst seed-mean best loss (batch {worst}) + {TEXT_MARGIN:g} nats")  # fmt: skip
+    return None, np.nan, True, f"no target for task {task}", ""
+
+
+def _reached_mask(run: pd.Series, ev: pd.DataFrame, targets: dict[str, Any]) -> tuple[pd.Series | None, str]:
+    """Per evaluation row of one run: whether the target is met, and the target in words (None: no target)."""
+    metric, thr, higher, text, _ = _target_metric(run, ev, {**TARGETS, **targets}, {})
+    if metric is None:
+        return None, text
+    return (metric >= thr) if higher else (metric <= thr), text
+
+
+def text_targets(runs: pd.DataFrame, evals: pd.DataFrame) -> dict[tuple, tuple[float, int]]:
+    """Per (split, cell, num_steps) of text runs whose preset sets no target perplexity: (the target loss, the
+    batch size that set it) = the worst seed-mean plateau loss among the batch sizes + TEXT_MARGIN. A run's
+    plateau loss is its best held-out loss (summary best_valid_loss, else the lowest evaluation); plateau runs
+    that hit their cap or diverged are left out, so the target is one every converged batch size can reach."""
+    if runs.empty or "task" not in runs:
+        return {}
+    text = runs[runs["task"] == "text"].copy()
+    if "cfg.eval.target_perplexity" in text:
+        text = text[pd.to_numeric(text["cfg.eval.target_perplexity"], errors="coerce").isna()]
+    if text.empty:
+        return {}
+    best = pd.to_numeric(text.get("best_valid_loss", pd.Series(np.nan, index=text.index)), errors="coerce")
+    if not evals.empty and {"run_id", "loss"} <= set(evals.columns):
+        low = pd.to_numeric(evals["loss"], errors="coerce").groupby(evals["run_id"]).min()
+        best = best.fillna(text["run_id"].map(low))
+    text["plateau_loss"] = best
+    if "regime" in text and "converged" in text:
+        plateau = text["regime"] == "plateau"
+        text = text[~plateau | text["converged"].map(lambda v: v is True or v is np.True_)]
+    text = text[np.isfinite(text["plateau_loss"].astype(float))]
+    out = {}
+    for (split, cell, ns), g in text.groupby(["split", "cell", "num_steps"]):
+        means = g.groupby("batch_size")["plateau_loss"].mean()
+        if means.empty:
+            continue
+        out[(split, cell, int(ns))] = (float(means.max()) + TEXT_MARGIN, int(means.idxmax()))
+    return out
+
+
+def interpolate_crossing(
+    steps: Any, metric: Any, threshold: float, higher: bool = True
+) -> tuple[float, float, float, str]:
+    """Where a run's evaluation curve first meets `threshold`: (crossing, the previous evaluation's step,
+    the meeting evaluation's step, how). The crossing is linear in log updates on the metric between the
+    last evaluation before the first that meets it and that one; met at the first evaluation (or after one
+    without a value, or at step 0): that evaluation's step, an upper bound. Never met: NaNs, "not reached"."""
+    u = np.asarray(steps, dtype=float)
+    m = np.asarray(metric, dtype=float)
+    met = (m >= threshold) if higher else (m <= threshold)
+    met &= np.isfinite(m)
+    if not met.any():
+        return np.nan, np.nan, np.nan, "not reached"
+    i = int(np.argmax(met))
+    u1 = float(u[i])
+    if i == 0:
+        return u1, 0.0, u1, "first evaluation"
+    u0, m0, m1 = float(u[i - 1]), float(m[i - 1]), float(m[i])
+    if not np.isfinite(m0) or u0 <= 0 or u1 <= u0 or m1 == m0:
+        return u1, u0, u1, "at the evaluation"
+    frac = float(np.clip((threshold - m0) / (m1 - m0), 0.0, 1.0))
+    return float(np.exp(np.log(u0) + frac * (np.log(u1) - np.log(u0)))), u0, u1, "interpolated"
 
 
 def time_to_target_runs(runs: pd.DataFrame, evals: pd.DataFrame, speed: pd.DataFrame | None,
                         targets: dict[str, Any] | None = None) -> pd.DataFrame:  # fmt: skip
-    """One row per run: the target, whether and where (tokens, updates, wall-clock seconds) it was reached."""
+    """One row per run: the target (and where it came from), whether it was reached, and the interpolated
+    crossing in updates, tokens and wall-clock seconds, with the bracketing evaluations (`*_prev`: the last
+    that missed it, `*_eval`: the first that met it)."""
     targets = {**TARGETS, **(targets or {})}
     sec_per_token = {}
     st = speed_table(speed)
     for r in st.itertuples(index=False):
         if r.tokens_per_s > 0:
             sec_per_token[(r.task, r.cell, int(r.batch_size), int(r.num_steps))] = 1.0 / r.tokens_per_s
-    cols = ["run_id", "split", "task", "cell", "batch_size", "num_steps", "seed", "target", "reached", "tokens",
-            "updates", "seconds", "tokens_prev", "updates_prev", "seconds_prev"]  # fmt: skip
+    cols = ["run_id", "split", "regime", "task", "cell", "batch_size", "num_steps", "seed", "target",
+            "target_source", "reached", "crossing", "updates", "tokens", "seconds", "updates_prev", "tokens_prev",
+            "seconds_prev", "updates_eval", "tokens_eval", "seconds_eval"]  # fmt: skip
     rows = []
     by_run = dict(tuple(evals.groupby("run_id"))) if not evals.empty and "run_id" in evals else {}
+    derived = text_targets(runs, evals) if "task" in runs and (runs["task"] == "text").any() else {}
     for _, run in runs.iterrows():
         ev = by_run.get(run["run_id"])
-        if ev is None or ev.empty:
+        if ev is None or ev.empty or "step" not in ev:
             continue
-        ev = ev.sort_values("step") if "step" in ev else ev
-        mask, target = _reached_mask(run, ev, targets)
-        if mask is None:
+        ev = ev.sort_values("step")
+        metric, thr, higher, target, source = _target_metric(run, ev, targets, derived)
+        if metric is None:
             continue
-        met = mask.fillna(False).to_numpy()
-        hit = ev[met]
-        first = hit.iloc[0] if not hit.empty else None
-        tokens = float(first["tokens"]) if first is not None and "tokens" in first else np.nan
-        # the evaluation before the first hit: the target was reached somewhere after it (interval-censored)
-        before = ev.iloc[: int(np.argmax(met))] if first is not None else ev.iloc[0:0]
-        prev_tokens = float(before["tokens"].iloc[-1]) if not before.empty and "tokens" in before else 0.0
-        prev_updates = float(before["step"].iloc[-1]) if not before.empty and "step" in before else 0.0
+        steps = pd.to_numeric(ev["step"], errors="coerce").to_numpy(float)
+        u, u0, u1, how = interpolate_crossing(steps, metric.to_numpy(float), thr, higher)
+        reached = how != "not reached"
+        tok = pd.to_numeric(ev["tokens"], errors="coerce").to_numpy(float) if "tokens" in ev else steps * np.nan
+        t1 = float(tok[np.searchsorted(steps, u1)]) if reached else np.nan
+        t0 = float(tok[np.searchsorted(steps, u0)]) if reached and u0 > 0 else 0.0 if reached else np.nan
+        tokens = t0 + (t1 - t0) * (u - u0) / (u1 - u0) if reached and u1 > u0 else t1
         key = (run["task"], run["cell"], int(run["batch_size"]), int(run["num_steps"]))
-        spt = sec_per_token.get(key)
+        spt = sec_per_token.get(key, np.nan)
         rows.append({
-            "run_id": run["run_id"], "split": run["split"], "task": run["task"], "cell": run["cell"],
-            "batch_size": int(run["batch_size"]), "num_steps": int(run["num_steps"]), "seed": run["seed"],
-            "target": target, "reached": first is not None, "tokens": tokens,
-            "updates": float(first["step"]) if first is not None and "step" in first else np.nan,
-            "seconds": tokens * spt if spt is not None and np.isfinite(tokens) else np.nan,
-            "tokens_prev": prev_tokens if first is not None else np.nan,
-            "updates_prev": prev_updates if first is not None else np.nan,
-            "seconds_prev": prev_tokens * spt if spt is not None and first is not None else np.nan,
+            "run_id": run["run_id"], "split": run["split"], "regime": run.get("regime", "budget"),
+            "task": run["task"], "cell": run["cell"], "batch_size": int(run["batch_size"]),
+            "num_steps": int(run["num_steps"]), "seed": run["seed"], "target": target, "target_source": source,
+            "reached": reached, "crossing": how, "updates": u, "tokens": tokens, "seconds": tokens * spt,
+            "updates_prev": u0, "tokens_prev": t0, "seconds_prev": t0 * spt,
+            "updates_eval": u1, "tokens_eval": t1, "seconds_eval": t1 * spt,
         })  # fmt: skip
-    return pd.DataFrame(rows, columns=cols)
+    df = pd.DataFrame(rows, columns=cols)
+    df["reached"] = df["reached"].astype(bool)
+    return df
 
 
 def _censored_median(values: pd.Series, reached: pd.Series) -> float:
@@ -433,34 +533,49 @@ def _censored_median(values: pd.Series, reached: pd.Series) -> float:
     return med if np.isfinite(med) else np.nan
 
 
-def time_to_target(runs: pd.DataFrame, evals: pd.DataFrame, speed: pd.DataFrame | None,
-                   targets: dict[str, Any] | None = None, level: float = 0.95) -> pd.DataFrame:  # fmt: skip
-    """Per (split, cell, batch_size, num_steps): seeds reached k/n and, per measure (updates, tokens,
-    seconds), the geometric mean with a log-scale t-interval (all seeds reached) or a censored median."""
-    per_run = time_to_target_runs(runs, evals, speed, targets)
-    keys = ["split", "cell", "batch_size", "num_steps"]
+TTT_KEYS = ["split", "cell", "batch_size", "num_steps"]
+TTT_MEASURES = ("updates", "tokens", "seconds")
+
+
+def aggregate_ttt(per_run: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:
+    """Per (split, cell, batch_size, num_steps) of time_to_target_runs: seeds reached k/n and, per measure, the
+    geometric mean of the crossings with a log-scale t-interval widened to the bracketing evaluations (all
+    seeds reached), or a censored median."""
     out = []
-    for key, g in per_run.groupby(keys, sort=True):
+    for key, g in per_run.groupby(TTT_KEYS, sort=True):
         n, k = len(g), int(g["reached"].sum())
-        row: dict[str, Any] = dict(zip(keys, key, strict=True))
-        row.update(target=g["target"].iloc[0], seeds=n, reached=k)
-        for m in ("updates", "tokens", "seconds"):
+        row: dict[str, Any] = dict(zip(TTT_KEYS, key, strict=True))
+        row.update(task=g["task"].iloc[0], regime=g["regime"].iloc[0], target=g["target"].iloc[0],
+                   target_source=g["target_source"].iloc[0], seeds=n, reached=k)  # fmt: skip
+        for m in TTT_MEASURES:
             vals = g[m]
             if k == n and vals.notna().all():
                 c, lo, hi, _ = log_t_interval(vals, level)
-                # interval-censored: each run reached the target after its previous evaluation, so the interval
-                # reaches down to those (0 when the first evaluation already met it)
-                prev = g[f"{m}_prev"]
-                lo = (log_t_interval(prev, level)[1] if (prev > 0).all() else 0.0) if prev.notna().all() else lo
-                lo = min(lo, c) if np.isfinite(lo) else lo
+                # interval-censored: each run crossed somewhere after its previous evaluation (0 when the first
+                # evaluation already met the target) and by the one that met it, so the interval covers both
+                prev, at = g[f"{m}_prev"], g[f"{m}_eval"]
+                if prev.notna().all():
+                    low_prev = log_t_interval(prev, level)[1] if (prev > 0).all() else 0.0
+                    lo = np.nanmin([lo, low_prev, c]) if np.isfinite(low_prev) else lo
+                if at.notna().all():
+                    c_at, _, high_at, _ = log_t_interval(at, level)
+                    hi = np.nanmax([hi, high_at if np.isfinite(high_at) else c_at, c])
             else:
                 c, lo, hi = _censored_median(vals, g["reached"]), np.nan, np.nan
             row.update({m: c, f"{m}_ci_low": lo, f"{m}_ci_high": hi})
         row["all_reached"] = k == n
+        row["interpolated"] = f"{int((g['crossing'] == 'interpolated').sum())}/{k}"
         out.append(row)
-    cols = [*keys, "target", "seeds", "reached", "all_reached"] + [
-        f"{m}{s}" for m in ("updates", "tokens", "seconds") for s in ("", "_ci_low", "_ci_high")]  # fmt: skip
+    cols = [*TTT_KEYS, "task", "regime", "target", "target_source", "seeds", "reached", "all_reached",
+            "interpolated"] + [f"{m}{s}" for m in TTT_MEASURES for s in ("", "_ci_low", "_ci_high")]  # fmt: skip
     return pd.DataFrame(out, columns=cols)
+
+
+def time_to_target(runs: pd.DataFrame, evals: pd.DataFrame, speed: pd.DataFrame | None,
+                   targets: dict[str, Any] | None = None, level: float = 0.95) -> pd.DataFrame:  # fmt: skip
+    """Per (split, cell, batch_size, num_steps): seeds reached k/n and, per measure (updates, tokens,
+    seconds), the geometric mean with a log-scale t-interval (all seeds reached) or a censored median."""
+    return aggregate_ttt(time_to_target_runs(runs, evals, speed, targets), level)
 
 
 def _first(ok: pd.DataFrame, m: str) -> tuple[int | str | None, float]:

@@ -244,3 +244,47 @@ def test_the_report_writes_the_results_table(tmp_path):
     build_report(tmp_path)
     table = (tmp_path / "report" / readme.TABLE_FILE).read_text()
     assert "commit `0d1f00b`" in table and table.count("| echo") == 1
+
+
+# ------------------------------------------------------------------------------------------- cost to result
+def _cost_runs(tmp_path, batch_sizes):
+    from analysis.cost import crossings
+    from analysis.synthetic import cost_table, write_cost_results
+
+    write_cost_results(tmp_path, cost_table(batch_sizes=batch_sizes, seeds=(0, 1, 2), cap=16384))
+    runs = load_results(tmp_path).runs
+    return crossings(runs, load_series(runs, "evals"), None)
+
+
+def test_cost_to_result_draws_the_fit_perfect_scaling_b_crit_and_b_simple(tmp_path):
+    from analysis.cost import b_crit_table, cost_to_result
+
+    per_run = _cost_runs(tmp_path, (1, 2, 4, 8, 16, 32, 64))
+    ct, bc = cost_to_result(per_run), b_crit_table(per_run, n_boot=200)
+    f = figs.cost_to_result_fig(figs.Data(runs=pd.DataFrame(), steps=pd.DataFrame(), evals=pd.DataFrame(),
+                                          profiles=pd.DataFrame(), cost=ct, b_crit=bc))  # fmt: skip
+    try:
+        assert f.fig is not None and len(f.fig.axes) == 1  # one cell, one setting: one panel, none empty
+        v = f.data.set_index("batch_size")
+        fit = bc.iloc[0]
+        assert fit["B_crit (steps)"] == pytest.approx(12, rel=0.15)  # the records' truth: S(B) = 100 (1 + 12/B)
+        assert v["fit"].to_numpy() == pytest.approx(fit["S_min"] * (1 + fit["B_crit (steps)"] / v.index.to_numpy()))
+        # perfect scaling through the smallest batch: its updates, halved at every doubling
+        assert v["perfect"].to_numpy() == pytest.approx(v.loc[1, "updates"] / v.index.to_numpy())
+        assert v["updates"].to_numpy() == pytest.approx(ct.set_index("batch_size")["updates"].to_numpy())
+        assert v["b_simple"].to_numpy() == pytest.approx(12.0)  # synthetic noise scale: 12 at every evaluation
+        ax = f.fig.axes[0]
+        assert ax.get_yscale() == "log" and ax.get_xscale() == "log"
+        assert any(np.allclose(line.get_xdata(), fit["B_crit (steps)"]) for line in ax.lines)  # the B_crit line
+    finally:
+        f.close()
+
+
+def test_cost_to_result_says_why_when_no_setting_has_four_batch_sizes(tmp_path):
+    from analysis.cost import b_crit_table, cost_to_result
+
+    per_run = _cost_runs(tmp_path, (1, 4, 16))
+    f = figs.cost_to_result_fig(figs.Data(runs=pd.DataFrame(), steps=pd.DataFrame(), evals=pd.DataFrame(),
+                                          profiles=pd.DataFrame(), cost=cost_to_result(per_run),
+                                          b_crit=b_crit_table(per_run, n_boot=50)))  # fmt: skip
+    assert f.fig is None and f.skipped == "no setting has 4 or more batch sizes with a time to target"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -298,3 +299,36 @@ def test_a_killed_sweep_is_read_against_its_plan(tmp_path):
     (sweep / "multirun.yaml").write_text(yaml.safe_dump({"hydra": {"sweeper": {"grids": [{"batch_size": "2,8"}]}}}))
     res = load_results(tmp_path)
     assert res.grid_points == 2 and list(res.missing["folder"]) == [names[1]]
+
+
+# ------------------------------------------------------------------------------------------- plateau runs
+def test_plateau_runs_are_labelled_by_their_cap_and_say_how_they_stopped(tmp_path):
+    from analysis.synthetic import cost_table, write_cost_results
+
+    # batch 1 crosses its target near update 1300 and would stop at 8192: the cap, not converged; batch 64 at 512
+    write_cost_results(tmp_path / "plateau", cost_table(batch_sizes=(1, 64), seeds=(0,), cap=8192))
+    (fixed,) = write_results(tmp_path / "fixed", runs_table(cells=("gru",), batch_sizes=(4,), num_steps=(32,),
+                                                            seeds=(0,)))  # fmt: skip
+    # a fixed budget evaluated on another schedule: that changes nothing trained, so it names no setting
+    _edit_record(fixed, lambda rec: rec["config"]["eval"].update(spacing="linear", first=16, per_doubling=4))
+    runs = load_results(tmp_path).runs
+    plateau = runs[runs["regime"] == "plateau"].set_index("batch_size")
+    assert set(plateau["budget"]) == {"plateau cap 8192"}
+    assert set(plateau["split"]) == {"echo (lag 8) · plateau cap 8192 · fixed lr"}
+    assert plateau.loc[1, "stop_reason"] == "cap" and plateau.loc[1, "converged"] is False
+    assert plateau.loc[64, "stop_reason"] == "plateau" and plateau.loc[64, "converged"] is True
+    assert plateau.loc[64, "stopped_at_update"] == 512 and plateau.loc[64, "best_valid_update"] == 512
+    evals = pd.read_parquet(Path(plateau.loc[64, "folder"]) / "evals.parquet")
+    assert plateau.loc[64, "best_valid_loss"] == pytest.approx(evals["loss"].min())
+    budget = runs[runs["regime"] == "budget"].iloc[0]
+    assert budget["budget"] == "tokens 65536" and budget["converged"] is None and budget["stop_reason"] is None
+    assert math.isnan(budget["stopped_at_update"])
+    assert set(runs["variant"]) == {""}
+
+
+def test_records_of_an_earlier_version_have_the_stop_keys_empty():
+    runs = load_results(Path(__file__).parent / "fixtures" / "old_records").runs
+    assert set(runs["regime"]) == {"budget"} and runs["converged"].map(lambda v: v is None).all()
+    assert runs["stop_reason"].map(lambda v: v is None).all()
+    for col in ("stopped_at_update", "best_valid_loss", "best_valid_update"):
+        assert runs[col].isna().all(), col

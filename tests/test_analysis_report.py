@@ -17,7 +17,7 @@ import pytest
 from analysis import build_report, load_results
 from analysis.__main__ import main
 from analysis.figures import BUILDERS
-from analysis.synthetic import runs_table, write_results
+from analysis.synthetic import cost_table, runs_table, write_cost_results, write_results
 from analysis.tables import fastest_batch, lr_summary, noise_scale_table, show_ttt, speed_table, time_to_target
 
 OLD_RECORDS = Path(__file__).parent / "fixtures" / "old_records"
@@ -105,10 +105,14 @@ def test_report_files_are_written(report, synthetic_results):
 def test_index_embeds_every_figure_and_needs_no_other_file(report, synthetic_results):
     html = report.read_text()
     pngs = sorted((synthetic_results / "report" / "figures").glob("*.png"))
-    assert len(pngs) == len(BUILDERS)  # synthetic records (+ speed phase, lr search, noise) skip no figure
+    # synthetic records (+ speed phase, lr search, noise) skip no figure but the cost curves, which need 4 batch
+    # sizes in a setting (2 here) and say so instead of drawing an empty panel
+    assert len(pngs) == len(BUILDERS) - 1
+    assert not (synthetic_results / "report" / "figures" / "cost_to_result.png").exists()
     embedded = re.findall(r'<img [^>]*src="data:image/png;base64,([A-Za-z0-9+/=]{1000,})"', html)
     assert len(embedded) == len(pngs)
-    assert "not drawn" not in html and "failed to draw" not in html
+    assert html.count("not drawn") == 1 and "failed to draw" not in html
+    assert "against batch size: not drawn — no setting has 4 or more batch sizes with a time to target" in html
     assert not re.search(r'(src|href)="(?!data:)[^"#]', html)  # nothing loaded from disk or the network
 
 
@@ -129,7 +133,8 @@ def test_markdown_opens_with_the_answer_then_the_verdict_table(report, synthetic
             rf"^\| {split} · tokens 65536 · fixed lr \| (supported|refuted|mixed|inconclusive) \|", md, re.M
         )
     assert "Failed and diverged runs" in md and "diverged" in md
-    assert md.count("![") == len(BUILDERS)
+    assert md.count("![") == len(BUILDERS) - 1  # the cost curves need 4 batch sizes: a note instead
+    assert md.index("## Speed") < md.index("## Cost to result") < md.index("## Critical batch size (gradient noise")
     assert "were timed under load, beside other jobs" not in md  # synthetic records ran one job at a time
     assert "Runs this verdict rests on" in md and "| split | folder | why |" in md
 
@@ -150,12 +155,18 @@ def test_cli_passes_its_arguments_and_fails_in_one_line_on_an_empty_folder(tmp_p
     seen = {}
 
     def fake_build(results_dir, out, thresholds):
+        # the CLI may hand build_report a temporary folder it swaps in at --out when the report is whole
         seen.update(results_dir=results_dir, out=out, thresholds=thresholds)
-        return tmp_path / "index.html"
+        Path(out).mkdir(parents=True, exist_ok=True)
+        (Path(out) / "index.html").write_text("report")
+        return Path(out) / "index.html"
 
+    monkeypatch.chdir(tmp_path)
     monkeypatch.setattr("analysis.__main__.build_report", fake_build)
     assert main(["res", "--out", "rep", "--thresholds", "t.yaml", "-q"]) == 0
-    assert seen == {"results_dir": "res", "out": "rep", "thresholds": "t.yaml"}
+    assert (seen["results_dir"], seen["thresholds"]) == ("res", "t.yaml")
+    assert (tmp_path / "rep" / "index.html").read_text() == "report"  # what build_report wrote ends up at --out
+    assert capsys.readouterr().out.strip().endswith("index.html")
     monkeypatch.undo()
     capsys.readouterr()
     (tmp_path / "empty").mkdir()
@@ -206,6 +217,36 @@ def test_report_lists_speed_time_to_target_noise_and_lr_tables(report, synthetic
     assert not noise.empty and np.allclose(noise["b_simple"], 12.0)
     lr = pd.read_csv(out / "lr_protocol.csv")
     assert lr["exponent"].to_numpy() == pytest.approx(0.5)
+
+
+# ---------------------------------------------------------------------------------------------- cost to result
+def test_report_of_plateau_runs_fits_the_cost_curve_and_lists_the_run_at_its_cap(tmp_path):
+    """Plateau runs whose updates to 0.9 accuracy follow S(B) = 100 (1 + 12/B), 3 seeds at batch 1-32, and a
+    fourth seed at batch 32 whose crossing lies beyond the cap: it stops there, not converged."""
+    table = cost_table(batch_sizes=(1, 2, 4, 8, 16, 32), seeds=(0, 1, 2), cap=16384)
+    stuck = table[table["batch_size"] == 32].iloc[[0]].assign(seed=3, updates_to_target=1e6)
+    write_cost_results(tmp_path, pd.concat([table, stuck], ignore_index=True))
+    out = tmp_path / "report"
+    build_report(tmp_path)
+    md = (out / "report.md").read_text()
+    assert md.index("## Speed") < md.index("## Cost to result") < md.index("### Critical batch size from the cost")
+    assert "![Cost to result: updates to target against batch size](figures/cost_to_result.png)" in md
+    assert (out / "figures" / "cost_to_result.png").is_file()
+    # the runs hit the target before the cap, the stuck one never: 3/3 at every batch size but 32 (3/4)
+    cost = pd.read_csv(out / "cost_to_result.csv").set_index("batch_size")
+    assert list(cost["reached"].astype(str) + "/" + cost["seeds"].astype(str)) == ["3/3"] * 5 + ["3/4"]
+    assert set(cost["regime"]) == {"plateau"} and set(cost["target"]) == {"accuracy ≥ 0.9"}
+    truth = 100 * (1 + 12 / cost.index.to_numpy())
+    assert cost["updates"].iloc[:5].to_numpy() == pytest.approx(truth[:5], rel=0.1)
+    fit = pd.read_csv(out / "b_crit.csv").iloc[0]
+    assert fit["batch sizes fitted"] == "1, 2, 4, 8, 16" and str(fit["left out (not every seed reached)"]) == "32"
+    assert fit["steps fit"] == "fitted" and fit["B_crit (steps)"] == pytest.approx(12, rel=0.2)
+    assert fit["B_simple at target"] == pytest.approx(12.0)  # beside it: the noise scale the records hold
+    assert "1 of 19 plateau runs hit their cap" in md
+    assert re.search(
+        r"^\| echo \(lag 8\) · plateau cap 16384 · fixed lr \| gru \| 32 \| 32 \| 1/4 \| 3 \| 16384 \|", md, re.M
+    )
+    assert "**Trained to a plateau (until the held-out loss stops improving, 16384 updates at most).**" in md
 
 
 # ----------------------------------------------------------------------------------------------- speed table
@@ -282,16 +323,23 @@ def test_time_to_target_first_row_reached_not_reached_and_wall_clock():
     assert (echo4["seeds"], echo4["reached"]) == (2, 1) and not echo4["all_reached"]
     assert np.isnan(echo4["updates"])  # one of two seeds reached it: the censored median is "not reached"
     echo16 = ttt.loc[("echo · tokens 3000 · fixed lr", 16)]
-    assert echo16["all_reached"] and echo16["updates"] == pytest.approx((10 * 10 * 30) ** (1 / 3))
+    # b0, b1 met it at the first evaluation (read there: 10); b2 crossed 0.9 between updates 20 (0.5) and 30
+    # (0.93), linear in log updates: 20 x 1.5^(0.4 / 0.43)
+    b2 = 20 * 1.5 ** (0.4 / 0.43)
+    assert echo16["all_reached"] and echo16["updates"] == pytest.approx((10 * 10 * b2) ** (1 / 3))
     assert echo16["updates_ci_low"] < echo16["updates"] < echo16["updates_ci_high"]
+    assert echo16["interpolated"] == "1/3"
     # wall-clock = tokens to target x the speed phase's median seconds per token (4000 tokens/s)
     assert echo16["seconds"] == pytest.approx(echo16["tokens"] / 4000.0)
     lags = ttt.loc[("lags · tokens 3000 · fixed lr", 4)]
-    assert lags["updates"] == 20 and lags["tokens"] == 2000 and lags["seconds"] == pytest.approx(1.0)
+    # span >= 8 needs lags 1-8 at >= 0.35: the binding margin goes -0.05 (update 10) -> +0.01 (update 20)
+    u = 10 * 2 ** (0.05 / 0.06)
+    assert lags["updates"] == pytest.approx(u) and lags["tokens"] == pytest.approx(1000 + 1000 * (u - 10) / 10)
+    assert lags["seconds"] == pytest.approx(lags["tokens"] / 2000.0)
     shown = show_ttt(ttt.reset_index()).set_index(["split", "batch_size"])
     assert shown.loc[("echo · tokens 3000 · fixed lr", 4), "updates"] == "not reached"
     assert shown.loc[("echo · tokens 3000 · fixed lr", 4), "reached"] == "1/2"
-    assert shown.loc[("lags · tokens 3000 · fixed lr", 4), "updates"] == "20"
+    assert shown.loc[("lags · tokens 3000 · fixed lr", 4), "updates"] == f"{u:.3g}"
     first = fastest_batch(ttt.reset_index()).set_index("split")
     assert first.loc["echo · tokens 3000 · fixed lr", "first in wall-clock"] == 16
 
@@ -303,7 +351,9 @@ def test_time_to_target_interval_covers_the_gap_since_the_previous_evaluation():
     evals.loc[evals["run_id"].isin(["b0", "b1"]), "acc_lag_8"] = [0.5, 0.5, 0.95] * 2
     ttt = time_to_target(runs, evals, None).set_index(["split", "batch_size"])
     echo16 = ttt.loc[("echo · tokens 3000 · fixed lr", 16)]
-    assert echo16["updates"] == pytest.approx(30)
+    # each crossing interpolated between updates 20 (0.5) and 30 (0.95, and b2's 0.93)
+    b01, b2 = 20 * 1.5 ** (0.4 / 0.45), 20 * 1.5 ** (0.4 / 0.43)
+    assert echo16["updates"] == pytest.approx((b01 * b01 * b2) ** (1 / 3))
     assert echo16["updates_ci_low"] == pytest.approx(20) and echo16["updates_ci_high"] == pytest.approx(30)
     # a target met at the first evaluation was reached somewhere after update 0
     evals.loc[evals["run_id"] == "b2", "acc_lag_8"] = [0.95, 0.95, 0.95]
@@ -321,8 +371,8 @@ def test_time_to_target_censored_median_when_most_seeds_reach_it():
     evals = pd.concat([evals, evals[evals["run_id"] == "a0"].assign(run_id="a2", acc_lag_8=0.1)], ignore_index=True)
     ttt = time_to_target(runs, evals, None).set_index(["split", "batch_size"])
     echo4 = ttt.loc[("echo · tokens 3000 · fixed lr", 4)]
-    # seeds reach at updates 20 and 30, the third never: the median counts it as last -> 30, no interval
-    assert echo4["reached"] == 2 and echo4["updates"] == 30 and np.isnan(echo4["updates_ci_low"])
+    # seeds cross at ~20 and at 30 (exactly 0.9 there), the third never: the median counts it as last -> 30
+    assert echo4["reached"] == 2 and echo4["updates"] == pytest.approx(30) and np.isnan(echo4["updates_ci_low"])
     assert np.isnan(echo4["seconds"])  # no speed phase: no wall-clock
     assert show_ttt(ttt.reset_index()).set_index("batch_size").loc[4, "wall-clock s"].iloc[0] == "— (not timed)"
 
