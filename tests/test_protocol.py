@@ -53,9 +53,11 @@ def test_sub_grids_are_swept_as_a_union_and_the_command_line_joins_each(tmp_path
 
 @pytest.mark.slow
 def test_the_lr_search_runs_once_per_group_and_the_grid_trains_with_its_choice(tmp_path):
+    # max_widen=0: the two values are all that is tried (widening: tests/test_lr_search.py)
     args = ["-m", *TINY, "hydra.sweeper.speed.enabled=false", "hydra.sweeper.lr_search.values=[0.003,0.1]",
             "hydra.sweeper.lr_search.seeds=[100,101]", "hydra.sweeper.lr_search.overrides=['num_steps=8']",
-            "model=rnn,gru", "num_steps=4,8", "seed=0,1", "name=s", f"results_dir={tmp_path}"]  # fmt: skip
+            "hydra.sweeper.lr_search.max_widen=0", "model=rnn,gru", "num_steps=4,8", "seed=0,1", "name=s",
+            f"results_dir={tmp_path}"]  # fmt: skip
     proc = run_cli(*args)
     assert proc.returncode == 0, proc.stderr[-2000:]
     search = json.loads((tmp_path / "s" / "lr_search.json").read_text())
@@ -70,6 +72,8 @@ def test_the_lr_search_runs_once_per_group_and_the_grid_trains_with_its_choice(t
     assert len(grid) == 2 * 2 * 2  # cells x num_steps x seeds
     for chosen in search["chosen"]:
         assert chosen["lr"] == means[chosen["cell"]].idxmin()
+        assert chosen["tried"] == [0.003, 0.1] and chosen["widened"] == []
+        assert chosen["stopped"] == "edge: limit reached"  # two values: the best is always at an edge
         runs = [r for r in grid.values() if r["config"]["model"]["cell"] == chosen["cell"]]
         assert len(runs) == 4
         assert all(r["config"]["optim"]["lr"] == chosen["lr"] for r in runs)
@@ -93,7 +97,8 @@ def test_giving_lr_while_the_search_chooses_it_is_refused(tmp_path):
 
 def test_the_speed_phase_alone_times_each_distinct_point_and_trains_nothing(tmp_path):
     args = ["-m", *TINY, "hydra.sweeper.speed.only=true", "hydra.sweeper.speed.rounds=2",
-            "hydra.sweeper.speed.min_seconds=0.01", "hydra.sweeper.speed.min_updates=3",
+            "hydra.sweeper.speed.max_rounds=3", "hydra.sweeper.speed.min_seconds=0.01",
+            "hydra.sweeper.speed.min_updates=3",
             "hydra.sweeper.speed.warmup_updates=2", "model=rnn,gru", "batch_size=1,4", "seed=0,1,2",
             "name=sp", f"results_dir={tmp_path}"]  # fmt: skip
     proc = run_cli(*args)
@@ -102,10 +107,33 @@ def test_the_speed_phase_alone_times_each_distinct_point_and_trains_nothing(tmp_
     plan = json.loads((tmp_path / "sp" / "speed_plan.json").read_text())
     keys = sorted((p["key"]["cell"], p["key"]["batch_size"]) for p in plan["points"])
     assert keys == [("gru", 1), ("gru", 4), ("rnn", 1), ("rnn", 4)]  # seeds do not make speed points
-    assert plan["threads"] == 1 and plan["rounds"] == 2
+    assert plan["threads"] == 1 and plan["rounds"] == 2 and plan["max_rounds"] == 3
+    assert plan["decide"] == [[1, 4, 3.0, 5.0]]  # the default: batch 4 / batch 1 against C3's band
     speed = pd.read_parquet(tmp_path / "sp" / "speed.parquet")
-    assert len(speed) == 4 * 2
-    assert set(speed["round"]) == {0, 1} or set(speed["round"]) == {1, 2}
+    meta = json.loads((tmp_path / "sp" / "speed.json").read_text())
+    assert meta["rounds_done"] in (2, 3) and len(speed) == 4 * meta["rounds_done"]
+    assert sorted(speed["round"].unique().tolist()) == list(range(meta["rounds_done"]))
+    assert {(d["cell"], d["b1"], d["b2"]) for d in meta["decisions"]} == {("rnn", 1, 4), ("gru", 1, 4)}
+    assert meta["cap_hit"] == (meta["stopped"] == "cap") and (meta["stopped"] == "cap") == any(
+        not d["decided"] for d in meta["decisions"]
+    )
+
+
+@pytest.mark.parametrize(
+    ("setting", "field"),
+    [
+        (["hydra.sweeper.speed.rounds=4", "hydra.sweeper.speed.max_rounds=3"], "speed.max_rounds"),
+        (["hydra.sweeper.speed.decide=[[4,4,3.0,5.0]]"], "speed.decide[0]"),
+        (["hydra.sweeper.lr_search.values=[0.01]", "hydra.sweeper.lr_search.widen_factor=1.0"], "widen_factor"),
+        (["hydra.sweeper.lr_search.values=[0.01]", "hydra.sweeper.lr_search.overrides=['seed=3']"], "overrides"),
+    ],
+)
+def test_bad_phase_settings_stop_the_sweep_with_one_line_before_anything_is_written(tmp_path, setting, field):
+    proc = run_cli("-m", *TINY, "hydra.sweeper.speed.enabled=true", *setting, f"results_dir={tmp_path}")
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and field in lines[0], lines
+    assert not list(tmp_path.rglob("*.*"))
 
 
 @pytest.mark.parametrize(

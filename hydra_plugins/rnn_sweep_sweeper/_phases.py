@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -54,6 +55,38 @@ def speed_points(jobs: list[PlannedJob], tasks: list[str] | None = None) -> list
     return [{"key": p["key"], "config": p["config"]} for p in points.values()]
 
 
+def _decide_ok(entry: Any) -> bool:
+    """[b1, b2, lo, hi]: two different whole batch sizes >= 1 and a band 0 < lo < hi (sweep/speed.py's
+    decide_entry_ok, which imports torch with its module: this process never does)."""
+    if isinstance(entry, (str, bytes)) or not hasattr(entry, "__len__") or len(entry) != 4:
+        return False
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in entry):
+        return False
+    b1, b2, lo, hi = entry
+    return b1 >= 1 and b2 >= 1 and b1 == int(b1) and b2 == int(b2) and b1 != b2 and 0 < lo < hi
+
+
+def check_speed(speed: Any) -> None:
+    """Bad speed-phase settings stop the sweep before anything runs, with one line naming the field (the speed
+    command checks its plan again: sweep/speed.py's check_plan)."""
+    from sweep.config import ConfigError
+
+    rounds, max_rounds = speed.get("rounds"), speed.get("max_rounds", speed.get("rounds"))
+    if isinstance(rounds, bool) or not (isinstance(rounds, int) and rounds >= 1):
+        raise ConfigError(f"invalid sweep: hydra.sweeper.speed.rounds={rounds!r}: must be an integer >= 1")
+    if isinstance(max_rounds, bool) or not (isinstance(max_rounds, int) and max_rounds >= rounds):
+        raise ConfigError(
+            f"invalid sweep: hydra.sweeper.speed.max_rounds={max_rounds!r}: must be an integer >= rounds ({rounds})"
+        )
+    for i, entry in enumerate(speed.get("decide") or []):
+        plain = list(entry) if hasattr(entry, "__len__") and not isinstance(entry, str) else entry
+        if not _decide_ok(plain):
+            raise ConfigError(
+                f"invalid sweep: hydra.sweeper.speed.decide[{i}]={plain!r}: must be [b1, b2, lo, hi], two different "
+                "batch sizes >= 1 and a band 0 < lo < hi"
+            )
+
+
 def run_speed_phase(jobs: list[PlannedJob], speed: Any, sweep_dir: Path) -> None:
     """Time the grid's points one at a time in a child process (nothing else trains meanwhile)."""
     from sweep.record import write_json
@@ -64,6 +97,8 @@ def run_speed_phase(jobs: list[PlannedJob], speed: Any, sweep_dir: Path) -> None
     plan = {
         "out": str(sweep_dir / SPEED_TABLE),
         "rounds": int(speed.rounds),
+        "max_rounds": int(speed.get("max_rounds", speed.rounds)),
+        "decide": [[int(b1), int(b2), float(lo), float(hi)] for b1, b2, lo, hi in speed.get("decide") or []],
         "min_seconds": float(speed.min_seconds),
         "min_updates": int(speed.min_updates),
         "warmup_updates": int(speed.warmup_updates),
@@ -73,40 +108,88 @@ def run_speed_phase(jobs: list[PlannedJob], speed: Any, sweep_dir: Path) -> None
     }
     plan_file = sweep_dir / SPEED_PLAN
     write_json(plan_file, plan)
-    log.info("speed phase: %d points x %d rounds, one at a time, %d thread(s)", len(points), plan["rounds"],
-             plan["threads"])  # fmt: skip
+    log.info("speed phase: %d points x %d rounds (up to %d while a decision pair is open), one at a time, %d "
+             "thread(s)", len(points), plan["rounds"], plan["max_rounds"], plan["threads"])  # fmt: skip
     proc = subprocess.run([sys.executable, "-m", "sweep.speed", str(plan_file)], check=False)
     if proc.returncode != 0:
         raise SweepFailed(f"speed phase failed (exit {proc.returncode}); its plan is {plan_file}")
 
 
 # ---------------------------------------------------------------------------------------------------- lr search
-def _groups(jobs: list[PlannedJob], search: Any) -> dict[tuple[str, ...], list[str]]:
-    """Grid points that differ only in the seed, once `search.overrides` are applied, share one lr: group key
-    (the sorted overrides that remain) -> those overrides."""
-    return {gk: list(gk) for gk in dict.fromkeys(group_key(job, search) for job in jobs)}
+# Override keys the search sets on each of its runs itself: a search setting that names one of them is refused.
+_SEARCH_SETS = ("seed", "optim.lr", "optim.lr_protocol")
+STOP_INSIDE = "inside"
+STOP_LIMIT = "edge: limit reached"
 
 
-def group_key(job: PlannedJob, search: Any) -> tuple[str, ...]:
-    fixed = {_key(o) for o in search.get("overrides") or []}
-    drop = {"seed", "optim.lr", "optim.lr_protocol", "name"} | fixed
-    return tuple(sorted(o for o in job.overrides if _key(o) not in drop))
+def fixed_lr(job: PlannedJob) -> bool:
+    """A grid point whose own overrides set optim.lr (a sub-grid that keeps a fixed lr on purpose) is not searched
+    and keeps its lr. The command line cannot set it while a search is on (_impl.py refuses that)."""
+    return any(_key(o) == "optim.lr" for o in job.overrides)
 
 
-def search_overrides(base: list[str], search: Any, name: str) -> list[list[str]]:
-    """The runs of one group's search: every lr in `values` x every search seed."""
+def search_settings(task: str, search: Any) -> list[str]:
+    """The search runs' own settings for a group of grid points of `task`: `overrides_by_task[task]` when
+    given, else `overrides`."""
+    by_task = search.get("overrides_by_task") or {}
+    return list(by_task[task]) if task in by_task else list(search.get("overrides") or [])
+
+
+def group_key(job: PlannedJob, search: Any) -> tuple[str, tuple[str, ...]]:
+    """(the grid point's task, its overrides the search keeps): grid points with the same key share one lr.
+    The task is part of the key whatever the search settings are, so points of different tasks never share an
+    lr, even where the search settings fix `task=` for both."""
+    task = str(job.config.task.name)
+    drop = {*_SEARCH_SETS, *(_key(o) for o in search_settings(task, search))}
+    return task, tuple(sorted(o for o in job.overrides if _key(o) not in drop))
+
+
+def _groups(jobs: list[PlannedJob], search: Any) -> list[tuple[str, tuple[str, ...]]]:
+    return list(dict.fromkeys(group_key(job, search) for job in jobs if not fixed_lr(job)))
+
+
+def search_overrides(group: tuple[str, tuple[str, ...]], search: Any, lrs: list[float]) -> list[list[str]]:
+    """The runs of one group's search at `lrs`: every lr x every search seed. Their folders are set afterwards
+    (`_in_search_dir`); `optim.lr_protocol=candidate` tells their records from the grid's."""
+    task, rest = group
+    own = [*rest, *search_settings(task, search)]
     return [
-        [
-            *base,
-            *search.overrides,
-            f"seed={seed}",
-            f"optim.lr={lr!r}",
-            "optim.lr_protocol=candidate",
-            f"name={name}/{LR_SEARCH_DIR}",
-        ]
-        for lr in search["values"]
+        [*own, f"seed={seed}", f"optim.lr={lr!r}", "optim.lr_protocol=candidate"]
+        for lr in lrs
         for seed in search["seeds"]
     ]
+
+
+_SIMPLE = re.compile(r"^[A-Za-z0-9_./+\-]+$")
+
+
+def _quote(text: str) -> str:
+    """A string as one Hydra override value that the parser keeps as it is (`=` and `,` included). In a quoted
+    value Hydra unescapes only backslashes before a quote (and before the closing one): those are doubled."""
+    if _SIMPLE.match(text):
+        return text
+    body = re.sub(r"(\\*)'", lambda m: m.group(1) * 2 + "\\'", text)
+    body = re.sub(r"(\\+)$", lambda m: m.group(1) * 2, body)
+    return f"'{body}'"
+
+
+def _in_search_dir(job: PlannedJob, sweep_dir: Path) -> PlannedJob:
+    """`job` with its folder at `<sweep dir>/lr_search/<its run folder name>`, set by literal hydra.sweep.dir and
+    hydra.sweep.subdir overrides: the same folder whether the sweep folder came from the default
+    `${results_dir}/${name}`, from `hydra.sweep.dir=D` or from `name=...`, and the one the launched job composes
+    (hydra.* overrides are not part of override_dirname, so the run folder's name does not change)."""
+    import copy
+
+    from omegaconf import OmegaConf, open_dict
+
+    assert job.config is not None
+    folder, subdir = sweep_dir / LR_SEARCH_DIR, str(job.config.hydra.sweep.subdir)
+    overrides = [*job.overrides, f"hydra.sweep.dir={_quote(str(folder))}", f"hydra.sweep.subdir={_quote(subdir)}"]
+    cfg = copy.deepcopy(job.config)
+    with open_dict(cfg):
+        OmegaConf.update(cfg, "hydra.sweep.dir", str(folder), merge=False)
+        OmegaConf.update(cfg, "hydra.sweep.subdir", subdir, merge=False)
+    return PlannedJob(overrides, folder / subdir, job.signature, job.cost, cfg)
 
 
 def choose(rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -121,109 +204,256 @@ def choose(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return {"lr": best, "mean_objective": means[best], "n": len(by_lr[best]), "means": means}
 
 
+def beyond(lr: float, factor: float, side: str) -> float:
+    """The next lr past an edge: lr / factor below, lr x factor above, to 3 significant digits (folder names stay
+    short: 0.001 / 3 -> 0.000333), unless rounding would give the edge itself back."""
+    raw = lr / factor if side == "low" else lr * factor
+    rounded = float(f"{raw:.3g}")
+    return rounded if rounded != lr else raw
+
+
+def widen(tried: list[float], best: float, initial: list[float], factor: float, max_widen: int) -> dict[str, Any]:
+    """The widening decision for one group: {"next": the lrs to train next (empty: stop), "stopped": None |
+    "inside" | "edge: limit reached", "edge": None | "low" | "high" | "both"}.
+
+    A best lr strictly inside the values tried is bracketed: stop ("inside"). A best at the smallest (largest)
+    value tried says the optimum may lie beyond it: try the next value past it, until `max_widen` values past
+    the initial range have been tried on that side ("edge: limit reached"). A single value is both edges."""
+    low, high = min(tried), max(tried)
+    sides = [s for s, edge in (("low", low), ("high", high)) if best == edge]
+    if not sides:
+        return {"next": [], "stopped": STOP_INSIDE, "edge": None}
+    past = {"low": sum(v < min(initial) for v in tried), "high": sum(v > max(initial) for v in tried)}
+    nxt = [beyond(low if s == "low" else high, factor, s) for s in sides if past[s] < max_widen]
+    edge = sides[0] if len(sides) == 1 else "both"
+    return {"next": nxt, "stopped": None if nxt else STOP_LIMIT, "edge": edge}
+
+
 def check_search(search: Any) -> None:
     """Bad search settings stop the sweep before anything runs, with one line naming the field."""
     from sweep.config import ConfigError
 
+    def bad(field: str, what: str) -> ConfigError:
+        return ConfigError(f"invalid sweep: hydra.sweeper.lr_search.{field}: {what}")
+
     for lr in search["values"]:
         if isinstance(lr, bool) or not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
-            raise ConfigError(f"invalid sweep: hydra.sweeper.lr_search.values: {lr!r} is not a positive number")
-    if not search["seeds"]:
-        raise ConfigError("invalid sweep: hydra.sweeper.lr_search.seeds: must name at least one search seed")
+            raise bad("values", f"{lr!r} is not a positive number")
+    seeds = list(search.get("seeds") or [])
+    if not seeds:
+        raise bad("seeds", "must name at least one search seed")
+    if any(isinstance(s, bool) or not isinstance(s, int) for s in seeds) or len(set(seeds)) != len(seeds):
+        raise bad("seeds", f"{seeds}: must be distinct integers")
+    factor = search.get("widen_factor", 3.0)
+    if isinstance(factor, bool) or not (isinstance(factor, (int, float)) and math.isfinite(factor) and factor > 1):
+        raise bad("widen_factor", f"{factor!r}: must be a number > 1")
+    max_widen = search.get("max_widen", 2)
+    if isinstance(max_widen, bool) or not (isinstance(max_widen, int) and max_widen >= 0):
+        raise bad("max_widen", f"{max_widen!r}: must be an integer >= 0")
+    by_task = search.get("overrides_by_task") or {}
+    for field, lines in [("overrides", search.get("overrides") or []),
+                         *((f"overrides_by_task.{t}", v or []) for t, v in by_task.items())]:  # fmt: skip
+        for line in lines:
+            if not isinstance(line, str) or "=" not in line:
+                raise bad(field, f"{line!r} is not an override (key=value)")
+            if _key(line) in _SEARCH_SETS or _key(line).startswith("hydra."):
+                raise bad(field, f"{line!r}: the search sets {_key(line)} itself")
 
 
-def _plan_search(sweeper: Any, jobs: list[PlannedJob], search: Any) -> dict[tuple, list[PlannedJob]]:
-    """Group key -> the planned search runs of that group."""
-    name = str(jobs[0].config.name) if jobs else "default"
-    return {
-        gk: plan_points(sweeper, search_overrides(base, search, name)) for gk, base in _groups(jobs, search).items()
-    }
+def check_search_grid(jobs: list[PlannedJob], search: Any) -> None:
+    """Search settings that only the planned grid can refute: a search seed the grid also trains (the lr would
+    be chosen on outcomes the report then judges), and an `overrides_by_task` key that is no task of the grid."""
+    from sweep.config import ConfigError
+
+    seeds = {int(j.config.seed) for j in jobs}
+    clash = sorted(seeds & {int(s) for s in search["seeds"]})
+    if clash:
+        raise ConfigError(
+            f"invalid sweep: hydra.sweeper.lr_search.seeds: {clash} also seed the grid (seeds {sorted(seeds)}); "
+            "search seeds must be seeds the grid never uses"
+        )
+    tasks = {str(j.config.task.name) for j in jobs}
+    unknown = sorted(set(search.get("overrides_by_task") or {}) - tasks)
+    if unknown:
+        raise ConfigError(
+            f"invalid sweep: hydra.sweeper.lr_search.overrides_by_task: {unknown} is no task of the grid "
+            f"(its tasks: {', '.join(sorted(tasks))})"
+        )
+
+
+class _Search:
+    """One lr search: the groups, the lrs each has tried, and its runs (shared between groups whose search runs
+    are the same runs), planned a widening step at a time."""
+
+    def __init__(self, sweeper: Any, jobs: list[PlannedJob], search: Any) -> None:
+        self.sweeper, self.search = sweeper, search
+        self.sweep_dir = Path(sweeper.config.hydra.sweep.dir)
+        self.initial = sorted({float(v) for v in search["values"]})
+        self.factor = float(search.get("widen_factor", 3.0))
+        self.max_widen = int(search.get("max_widen", 2))
+        self.groups = _groups(jobs, search)
+        self.tried = {g: list(self.initial) for g in self.groups}
+        self.runs: dict[tuple, dict[float, list[PlannedJob]]] = {g: {} for g in self.groups}
+        self.stops: dict[tuple, dict[str, Any]] = {}
+        self._planned: dict[tuple[str, ...], PlannedJob] = {}
+        self._warned: set[str] = set()
+
+    def every(self) -> list[PlannedJob]:
+        return list(self._planned.values())
+
+    def plan(self) -> list[PlannedJob]:
+        """Plan the runs of every lr tried and not yet planned; returns the new runs."""
+        wanted = [(g, lr, o) for g in self.groups for lr in self.tried[g] if lr not in self.runs[g]
+                  for o in search_overrides(g, self.search, [lr])]  # fmt: skip
+        new = list(dict.fromkeys(tuple(o) for _, _, o in wanted if tuple(o) not in self._planned))
+        for overrides, job in zip(new, plan_points(self.sweeper, [list(o) for o in new]), strict=True):
+            self._planned[overrides] = _in_search_dir(job, self.sweep_dir)
+        for g, lr, o in wanted:
+            self.runs[g].setdefault(lr, []).append(self._planned[tuple(o)])
+        elsewhere: dict[str, set[str]] = {}
+        for g in self.groups:
+            runs_task = {str(j.config.task.name) for js in self.runs[g].values() for j in js}
+            if runs_task != {g[0]}:
+                elsewhere.setdefault(g[0], set()).update(runs_task)
+        for task, on in elsewhere.items():
+            if task not in self._warned:  # once per task: an lr found on another task is a guess for this one
+                self._warned.add(task)
+                log.warning(
+                    "lr search: grid points of task %s are searched on task %s (set "
+                    "hydra.sweeper.lr_search.overrides_by_task.%s)", task, ", ".join(sorted(on)), task
+                )  # fmt: skip
+        return [self._planned[o] for o in new]
+
+    def rows(self, g: tuple) -> list[dict[str, Any]]:
+        from sweep.record import read_run
+
+        objective = str(self.search.get("objective") or "valid_loss")
+        rows = []
+        for js in self.runs[g].values():
+            for j in js:
+                rec = read_run(j.out_dir) or {}
+                status = rec.get("status", "missing") if rec.get("signature") == j.signature else "missing"
+                c = j.config
+                rows.append({
+                    "task": str(c.task.name), "cell": str(c.model.cell), "batch_size": int(c.batch_size),
+                    "num_steps": int(c.num_steps), "lr": float(c.optim.lr), "seed": int(c.seed), "status": status,
+                    "objective": (rec.get("summary") or {}).get(objective) if status != "missing" else None,
+                    "folder": str(_rel(j.out_dir, self.sweep_dir)),
+                })  # fmt: skip
+        return rows
+
+    def step(self) -> bool:
+        """Judge every open group on its records; True when some group widens (its next lrs are added)."""
+        more = False
+        for g in self.groups:
+            if g in self.stops:
+                continue
+            best = choose(self.rows(g))
+            if not math.isfinite(best["mean_objective"]):
+                raise SweepFailed(
+                    f"lr search: every lr in {sorted(self.tried[g])} failed or diverged for task {g[0]} "
+                    f"{' '.join(g[1]) or 'defaults'} (records under {self.sweep_dir / LR_SEARCH_DIR})"
+                )
+            decision = widen(self.tried[g], best["lr"], self.initial, self.factor, self.max_widen)
+            if decision["next"]:
+                self.tried[g] = sorted({*self.tried[g], *decision["next"]})
+                more = True
+            else:
+                self.stops[g] = decision
+        return more
+
+    def result(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, Any]]:
+        """(table rows, chosen lr per group, {search, lr: group key -> lr, by}) from the search runs' records."""
+        objective = str(self.search.get("objective") or "valid_loss")
+        labels = {g: _label(g) for g in self.groups}
+        # the keys whose values differ between groups: what the chosen lr depends on
+        values: dict[str, list[str]] = {}
+        for parts in labels.values():
+            for o in parts:
+                values.setdefault(_key(o), []).append(o)
+        varying = sorted(k for k, v in values.items() if len(set(v)) > 1 or len(v) < len(self.groups))
+        table, chosen, lr = [], [], {}
+        for g in self.groups:
+            label = " ".join(o for o in labels[g] if _key(o) in varying) or "all"
+            rows = [{"group": label, **r} for r in self.rows(g)]
+            best = choose(rows)
+            table.extend(rows)
+            first, stop = rows[0], self.stops[g]
+            chosen.append({
+                "group": label, "task": g[0], "search_task": first["task"], "cell": first["cell"],
+                "batch_size": first["batch_size"], "num_steps": first["num_steps"], "lr": best["lr"],
+                f"mean_{objective}": best["mean_objective"], "n": best["n"],
+                "means": {repr(k): m for k, m in best["means"].items()}, "tried": sorted(self.tried[g]),
+                "widened": sorted(v for v in self.tried[g] if v not in self.initial), "stopped": stop["stopped"],
+                "edge": stop["edge"],
+            })  # fmt: skip
+            lr[g] = best["lr"]
+        return table, chosen, {"search": self.search, "lr": lr, "by": varying}
+
+
+def _label(g: tuple[str, tuple[str, ...]]) -> list[str]:
+    task, rest = g
+    return rest if any(_key(o) == "task" for o in rest) else [f"task={task}", *rest]
+
+
+def _rel(folder: Path, sweep_dir: Path) -> Path:
+    return folder.relative_to(sweep_dir) if folder.is_relative_to(sweep_dir) else folder
 
 
 def plan_lr_search(sweeper: Any, jobs: list[PlannedJob], search: Any) -> tuple[list[PlannedJob], dict[str, Any] | None]:
-    """The search runs, and what `with_chosen_lr` needs when every one of them already has a record (else None);
-    reads records only (a dry run)."""
+    """The search runs known so far, and what `with_chosen_lr` needs when the records settle every group (else
+    None); reads records only (a dry run): widening steps whose runs all have records are followed."""
     from sweep.record import read_run
 
-    planned = _plan_search(sweeper, jobs, search)
-    every = [j for js in planned.values() for j in js]
-    if any(read_run(j.out_dir) is None for j in every):
-        return every, None
+    check_search_grid(jobs, search)
+    s = _Search(sweeper, jobs, search)
     try:
-        sweep_dir = Path(sweeper.config.hydra.sweep.dir)
-        return every, {**_search_result(planned, search, sweep_dir)[2], "runs": every}
+        while True:
+            new = s.plan()
+            if any(read_run(j.out_dir) is None for j in new):
+                return s.every(), None
+            if not s.step():
+                return s.every(), {**s.result()[2], "runs": s.every()}
     except SweepFailed:
-        return every, None
+        return s.every(), None
 
 
 def run_lr_search(sweeper: Any, jobs: list[PlannedJob], search: Any, sweep_dir: Path) -> dict[str, Any]:
-    """Run (or reuse) the search runs, pick one lr per group, write lr_search.json. Returns what
-    `with_chosen_lr` needs (the search settings and group key -> lr) and the search runs (`runs`)."""
+    """Run (or reuse) the search runs, widening each group's range while its best lr sits at an edge, pick one lr
+    per group, write lr_search.json. Returns what `with_chosen_lr` needs (the search settings and group key ->
+    lr) and the search runs (`runs`)."""
     from sweep.plan import write_plan
     from sweep.record import write_json
 
-    planned = _plan_search(sweeper, jobs, search)
-    every = [j for js in planned.values() for j in js]
-    log.info("lr search: %d groups x %d lrs x %d seeds = %d runs", len(planned), len(search["values"]),
-             len(search["seeds"]), len(every))  # fmt: skip
-    # the plan, before the first search run starts: the grid's folders follow from the lr the search chooses
-    write_plan(sweep_dir, {LR_SEARCH_DIR: every}, pending={"grid": len(jobs)})
-    sweeper.run_jobs(every, label="lr search: ")  # waits for runs another process holds: every lr needs its record
-    table, chosen, result = _search_result(planned, search, sweep_dir)
+    check_search_grid(jobs, search)
+    s = _Search(sweeper, jobs, search)
+    log.info("lr search: %d groups x %d lrs x %d seeds = %d runs, then up to %d more lrs per side while a group's "
+             "best is at an edge", len(s.groups), len(s.initial), len(search["seeds"]),
+             len(s.groups) * len(s.initial) * len(search["seeds"]), s.max_widen)  # fmt: skip
+    while True:
+        new = s.plan()
+        # the plan, before the step's first run starts: the grid's folders follow from the lr the search chooses
+        write_plan(sweep_dir, {LR_SEARCH_DIR: s.every()}, pending={"grid": len(jobs)})
+        sweeper.run_jobs(new, label="lr search: ")  # waits for runs another process holds: every lr needs its record
+        if not s.step():
+            break
+        widened = [s.tried[g] for g in s.groups if g not in s.stops]
+        log.info("lr search: best lr at an edge in %d of %d groups: widening (lrs now %s%s)", len(widened),
+                 len(s.groups), widened[0], " ..." if len(widened) > 1 else "")  # fmt: skip
+    table, chosen, result = s.result()
     objective = str(search.get("objective") or "valid_loss")
+    by_task = {str(t): list(v or []) for t, v in (search.get("overrides_by_task") or {}).items()}
     write_json(sweep_dir / LR_SEARCH_FILE, {
-        "values": list(search["values"]), "seeds": list(search["seeds"]), "overrides": list(search.overrides),
-        "objective": objective, "by": result["by"], "rule": "lowest mean held-out objective over the search seeds",
+        "values": list(search["values"]), "seeds": list(search["seeds"]),
+        "overrides": list(search.get("overrides") or []), "overrides_by_task": by_task,
+        "widen_factor": s.factor, "max_widen": s.max_widen, "objective": objective, "by": result["by"],
+        "rule": "lowest mean held-out objective over the search seeds; the range widened past an edge while the "
+                "best lr sat there, up to max_widen values per side",
         "table": table, "chosen": chosen,
     })  # fmt: skip
     for c in chosen:
-        log.info("lr search: %s -> lr %g", c["group"], c["lr"])
-    return {"search": search, "lr": result["lr"], "runs": every}
-
-
-def _search_result(
-    planned: dict[tuple, list[PlannedJob]], search: Any, sweep_dir: Path
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, Any]]:
-    """(table rows, chosen lr per group, {search, lr: group key -> lr, by}) from the search runs' records."""
-    from sweep.record import read_run
-
-    objective = str(search.get("objective") or "valid_loss")
-    # the keys whose values differ between groups: what the chosen lr depends on
-    values: dict[str, list[str]] = {}
-    for gk in planned:
-        for o in gk:
-            values.setdefault(_key(o), []).append(o)
-    varying = sorted(k for k, v in values.items() if len(set(v)) > 1 or len(v) < len(planned))
-    table, chosen, result = [], [], {}
-    for gk, js in planned.items():
-        rows = []
-        for j in js:
-            rec = read_run(j.out_dir) or {}
-            summary = rec.get("summary") or {}
-            status = rec.get("status", "missing") if rec.get("signature") == j.signature else "missing"
-            c = j.config
-            folder = j.out_dir.relative_to(sweep_dir) if j.out_dir.is_relative_to(sweep_dir) else j.out_dir
-            rows.append({
-                "group": " ".join(o for o in gk if _key(o) in varying) or "all", "task": str(c.task.name),
-                "cell": str(c.model.cell), "batch_size": int(c.batch_size), "num_steps": int(c.num_steps),
-                "lr": float(c.optim.lr), "seed": int(c.seed), "status": status,
-                "objective": summary.get(objective), "folder": str(folder),
-            })  # fmt: skip
-        best = choose(rows)
-        if not math.isfinite(best["mean_objective"]):
-            raise SweepFailed(
-                f"lr search: every lr in {list(search['values'])} failed or diverged for {' '.join(gk) or 'defaults'}"
-                f" (records under {sweep_dir / LR_SEARCH_DIR})"
-            )
-        table.extend(rows)
-        first = rows[0]
-        chosen.append({
-            "group": first["group"], "task": first["task"], "cell": first["cell"], "batch_size": first["batch_size"],
-            "lr": best["lr"], f"mean_{objective}": best["mean_objective"], "n": best["n"],
-            "means": {repr(lr): m for lr, m in best["means"].items()},
-        })  # fmt: skip
-        result[gk] = best["lr"]
-    return table, chosen, {"search": search, "lr": result, "by": varying}
+        log.info("lr search: %s -> lr %g (%s; tried %s)", c["group"], c["lr"], c["stopped"], c["tried"])
+    return {"search": search, "lr": result["lr"], "runs": s.every()}
 
 
 def with_lr(job: PlannedJob, lr: float) -> PlannedJob:
@@ -239,5 +469,5 @@ def with_lr(job: PlannedJob, lr: float) -> PlannedJob:
 
 
 def with_chosen_lr(jobs: list[PlannedJob], chosen: dict[str, Any]) -> list[PlannedJob]:
-    """The grid's points, each with its group's searched lr."""
-    return [with_lr(job, chosen["lr"][group_key(job, chosen["search"])]) for job in jobs]
+    """The grid's points, each with its group's searched lr; a point whose own overrides fix optim.lr keeps it."""
+    return [job if fixed_lr(job) else with_lr(job, chosen["lr"][group_key(job, chosen["search"])]) for job in jobs]

@@ -7,10 +7,12 @@
 - `grids`: a list of sub-grids whose union is swept (each joined with `params` and the command line), so one
   preset can give two tasks different grids.
 - `speed`: a speed phase of its own (docs/protocol.md): every distinct (task, cell, batch_size, num_steps) of
-  the grid timed one at a time, in interleaved rounds, before anything trains; `speed.parquet` in the sweep
-  folder. `speed.only` runs that phase alone (experiment=speed).
-- `lr_search`: a short search over `values` of optim.lr, pooled over `seeds`, before the grid; each grid point
-  then trains with the lr that gave the lowest mean held-out objective for its group (`lr_search.json`).
+  the grid timed one at a time, in interleaved rounds (at least `rounds`, more up to `max_rounds` until every
+  `decide` ratio is decided), before anything trains; `speed.parquet` in the sweep folder. `speed.only` runs that
+  phase alone (experiment=speed).
+- `lr_search`: a short search over `values` of optim.lr, pooled over `seeds`, widened past an edge while the best
+  sits there, before the grid; each grid point then trains with the lr that gave the lowest mean held-out
+  objective for its group, one group per task and setting (`lr_search.json`); runs in `<sweep dir>/lr_search/`.
 - `search` (with the tuning settings of sweep/plan.py's TuneSettings): the whole sweep is handed to the sweeper
   class named by `tuner` (the Optuna grid sweeper), resolved by name so that neither plugin imports the other.
 - `dry_run`: print the planned points, how many are already complete and jobs x threads; write nothing.
@@ -48,7 +50,11 @@ class SpeedPhaseConf:
     enabled: bool = False
     only: bool = False  # time the grid's points and train nothing (experiment=speed)
     tasks: list[str] = field(default_factory=list)  # time only these tasks' points (empty = every task)
-    rounds: int = 5
+    rounds: int = 5  # at least this many rounds ...
+    max_rounds: int = 15  # ... and more, up to this many, while a decision pair is undecided
+    # [b1, b2, lo, hi]: at every (task, cell, num_steps) with both batch sizes, the rounds go on until the interval
+    # of tokens/s(b2) / tokens/s(b1) lies wholly inside or wholly outside [lo, hi] (C3's band for batch 4 / batch 1)
+    decide: list[list[float]] = field(default_factory=lambda: [[1, 4, 3.0, 5.0]])
     min_seconds: float = 0.5  # each timed segment at least this long ...
     min_updates: int = 100  # ... and at least this many updates
     warmup_updates: int = 20
@@ -58,15 +64,25 @@ class SpeedPhaseConf:
 
 @dataclass
 class LrSearchConf:
-    """A short lr search before the grid: every group of grid points that differ only in the seed (after
-    `overrides` are applied) gets the lr in `values` with the lowest held-out `objective`, averaged over
-    `seeds` (never chosen per seed: that would select on noise). Search seeds differ from the grid's, so the
-    outcomes the report judges were never used to pick the lr."""
+    """A short lr search before the grid: every group of grid points of one task that differ only in the seed
+    (after the search's own settings are applied) gets the lr with the lowest held-out `objective`, averaged over
+    `seeds` (never chosen per seed: that would select on noise). While a group's best lr is the smallest or
+    largest value tried, the next value past it (/ or x `widen_factor`) is trained too, up to `max_widen` values
+    per side. Search seeds differ from the grid's (a clash is refused), so the outcomes the report judges were
+    never used to pick the lr. Grid points whose own overrides set optim.lr are not searched."""
 
     values: list[float] = field(default_factory=list)  # empty = no search
-    seeds: list[int] = field(default_factory=lambda: [1000, 1001])
+    seeds: list[int] = field(default_factory=lambda: [1000, 1001, 1002])
     overrides: list[str] = field(default_factory=list)  # settings of the search runs, e.g. num_steps=16
-    objective: str = "valid_loss"  # a summary metric, minimised
+    # per task (task.name): settings that replace `overrides` for the groups of that task's grid points. On the
+    # command line with a leading + (Hydra merges a dict into this one and refuses new keys without it):
+    # '+hydra.sweeper.lr_search.overrides_by_task={text:[num_steps=32]}'
+    overrides_by_task: dict[str, list[str]] = field(default_factory=dict)
+    # a summary metric, minimised. With budget=plateau among the search settings, use best_valid_loss (the lowest
+    # held-out loss of the run): the plateau's quality, the quantity the protocol judges
+    objective: str = "valid_loss"
+    widen_factor: float = 3.0  # the next value past an edge: lr / 3 or lr x 3
+    max_widen: int = 2  # at most this many values past the initial range on each side
 
 
 @dataclass
@@ -101,8 +117,11 @@ class GridSweeper(Sweeper):
         dry_run: bool = False,
         **tune: Any,
     ) -> None:
+        from hydra_plugins.rnn_sweep_sweeper import _phases
         from hydra_plugins.rnn_sweep_sweeper._impl import GridSweeperImpl
 
+        if speed is not None and (speed.get("enabled") or speed.get("only")):
+            _phases.check_speed(speed)  # here: before Hydra writes anything or the grid is planned
         self.sweeper = GridSweeperImpl(
             max_batch_size=max_batch_size, params=params, grids=grids, speed=speed, lr_search=lr_search,
             tuner=tuner, dry_run=dry_run, **tune,
