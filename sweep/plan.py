@@ -82,7 +82,10 @@ def expected_cost(cfg: DictConfig) -> float:
     kind, amount = cfg.budget.kind, float(cfg.budget.amount)
     if kind == "seconds":
         return amount
-    updates = amount if kind == "updates" else amount / (cfg.batch_size * cfg.num_steps)
+    if kind == "plateau":  # stops before its cap, sooner at a larger batch (fewer updates to a result)
+        updates = amount * 4.0 / (4.0 + cfg.batch_size)
+    else:
+        updates = amount if kind == "updates" else amount / (cfg.batch_size * cfg.num_steps)
     return updates * per_update
 
 

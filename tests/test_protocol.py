@@ -10,7 +10,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from hydra_plugins.rnn_sweep_sweeper._phases import choose
+from hydra_plugins.rnn_sweep_sweeper._phases import choose, speed_points
+from sweep.plan import PlannedJob
 from tests.conftest import TINY, run_cli
 
 NO_PHASES = ["hydra.sweeper.speed.enabled=false", "hydra.sweeper.lr_search.values=[]"]
@@ -179,3 +180,18 @@ def test_a_point_derived_from_a_composed_sibling_is_what_composing_it_gives(make
     assert signature(derived) == signature(fresh)
     assert derived.hydra.job.override_dirname == fresh.hydra.job.override_dirname
     assert str(derived.hydra.sweep.subdir) == str(fresh.hydra.sweep.subdir)
+
+
+def test_the_speed_phase_leaves_out_the_points_it_is_told_to(make_cfg):
+    """`speed.exclude`: a point with any of those overrides is not timed, even when it shares its speed key with
+    one that is (the claim preset's SGD exploding-regime runs beside its Adam runs)."""
+    adam = make_cfg("task=echo", "model=rnn", "batch_size=16", "num_steps=8")
+    sgd = make_cfg("task=echo", "model=rnn", "batch_size=16", "num_steps=8", "optim=sgd")
+    long = make_cfg("task=echo", "model=rnn", "batch_size=16", "num_steps=128", "optim=sgd")
+    jobs = [PlannedJob(["optim=sgd", "num_steps=8"], Path("a"), "a", config=sgd),
+            PlannedJob(["num_steps=8"], Path("b"), "b", config=adam),
+            PlannedJob(["optim=sgd", "num_steps=128"], Path("c"), "c", config=long)]  # fmt: skip
+    timed = speed_points(jobs, exclude=["optim=sgd"])
+    assert [p["key"]["num_steps"] for p in timed] == [8]
+    assert timed[0]["config"]["optim"]["name"] == "adam"
+    assert len(speed_points(jobs)) == 2  # without it, the SGD point of num_steps 8 is the one timed

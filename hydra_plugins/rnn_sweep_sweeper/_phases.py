@@ -32,14 +32,21 @@ _SPEED_IRRELEVANT = ("seed", "budget", "eval", "measure", "name", "results_dir",
 
 
 # ------------------------------------------------------------------------------------------------ speed phase
-def speed_points(jobs: list[PlannedJob], tasks: list[str] | None = None) -> list[dict[str, Any]]:
-    """One point per distinct (task, cell, batch_size, num_steps) of the grid, in grid order."""
+def speed_points(
+    jobs: list[PlannedJob], tasks: list[str] | None = None, exclude: list[str] | None = None
+) -> list[dict[str, Any]]:
+    """One point per distinct (task, cell, batch_size, num_steps) of the grid, in grid order. Points with any of
+    the overrides in `exclude` are not timed (the claim preset's exploding-regime runs: no speed claim reads them,
+    and they share their keys with the points that are timed)."""
     from sweep.record import resolved_config
 
+    skip = set(exclude or [])
     points: dict[tuple, dict[str, Any]] = {}
     for job in jobs:
         c = job.config
         if tasks and c.task.name not in tasks:
+            continue
+        if skip.intersection(job.overrides):
             continue
         key = {"task": str(c.task.name), "cell": str(c.model.cell), "batch_size": int(c.batch_size),
                "num_steps": int(c.num_steps)}  # fmt: skip
@@ -91,7 +98,7 @@ def run_speed_phase(jobs: list[PlannedJob], speed: Any, sweep_dir: Path) -> None
     """Time the grid's points one at a time in a child process (nothing else trains meanwhile)."""
     from sweep.record import write_json
 
-    points = speed_points(jobs, list(speed.get("tasks") or []))
+    points = speed_points(jobs, list(speed.get("tasks") or []), list(speed.get("exclude") or []))
     if not points:
         raise SweepFailed(f"speed phase: no grid point matches hydra.sweeper.speed.tasks={list(speed.tasks)}")
     plan = {

@@ -50,6 +50,7 @@ class SpeedPhaseConf:
     enabled: bool = False
     only: bool = False  # time the grid's points and train nothing (experiment=speed)
     tasks: list[str] = field(default_factory=list)  # time only these tasks' points (empty = every task)
+    exclude: list[str] = field(default_factory=list)  # overrides (e.g. optim=sgd) whose points are not timed
     rounds: int = 5  # at least this many rounds ...
     max_rounds: int = 15  # ... and more, up to this many, while a decision pair is undecided
     # [b1, b2, lo, hi]: at every (task, cell, num_steps) with both batch sizes, the rounds go on until the interval
