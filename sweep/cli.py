@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -11,7 +12,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from sweep import errors, forkserver
+from sweep import errors, forkserver, stop
 from sweep.argv import CFG_FLAGS, MULTIRUN_FLAGS, no_precheck
 from sweep.config import ConfigError, register_configs
 from sweep.record import run_dirname
@@ -52,6 +53,17 @@ def hydra_main(cfg: DictConfig) -> str:
         # A single run exits here, so Hydra does not add its "Error executing job" line to the one-line error.
         sys.stderr.write(f"{exc}\n")
         raise SystemExit(errors.EXIT_BAD_INPUT) from None
+    except stop.Stopped as exc:
+        if hc.mode == RunMode.MULTIRUN:  # the launcher and the sweeper report the stop of the whole sweep
+            raise
+        sys.stderr.write(f"{exc.line or f'stopped by {stop.signal_name(exc.signum)}'}\n")
+        raise SystemExit(stop.exit_status(exc.signum)) from None
+    if rec["status"] == "leased" and hc.mode == RunMode.RUN:  # never exit 0 with nothing trained
+        sys.stderr.write(
+            f"not run: {hc.runtime.output_dir} is being trained by {rec['owner']} (its lease.json); rerun the same "
+            "command once that process has ended\n"
+        )
+        raise SystemExit(errors.EXIT_LEASED)
     if rec["status"] == "failed" and hc.mode == RunMode.RUN:
         raise errors.RunFailed(f"run failed: {rec['error']} (record in {hc.runtime.output_dir})")
     return rec["status"]
@@ -111,11 +123,17 @@ def _probe_folder(path: Path) -> tuple[OSError | None, Path]:
 
 def _results_dirs_from_argv(argv: list[str]) -> list[str]:
     """The results_dir values this command line will write to (the composed config's, or each swept value);
-    empty when they cannot be known here, so Hydra reports any problem with the command line itself."""
+    empty when they cannot be known here, so Hydra reports any problem with the command line itself.
+
+    A single run's config is validated here too (sweep/config.py's `validate`, which run_job repeats), because
+    Hydra makes the run folder before the run starts: a bad value, a `name` that would leave results_dir above
+    all, then writes nothing. A sweep's points are validated by its sweeper before anything is written."""
     if no_precheck(argv):  # nothing runs (a dry run writes nothing, not even a probe), or another config
         return []
     from hydra import compose, initialize_config_dir
     from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from sweep.config import validate
 
     overrides = [a for a in argv if not a.startswith("-")]
     try:
@@ -129,6 +147,8 @@ def _results_dirs_from_argv(argv: list[str]) -> list[str]:
             values = [str(OmegaConf.select(cfg, "results_dir", throw_on_resolution_failure=True))]
     except Exception:  # bad input of any other kind: Hydra's own composition reports it, in one line
         return []
+    if not swept and not any(a in MULTIRUN_FLAGS for a in argv) and not any(a.startswith("experiment=") for a in argv):
+        validate(cfg)  # a single run (every preset is a sweep): ConfigError, one line, before Hydra writes
     return values
 
 
@@ -147,6 +167,9 @@ def main() -> None:
     makes any folder, then run. A sweep's fork server starts first, so that its imports overlap all of that."""
     forkserver.start_for(sys.argv[1:])  # no-op when sweep/__main__.py started it already
     errors.install()
+    # SIGTERM outside a job (composing, planning, a sweep's parent waiting on its jobs) stops at once: nothing to
+    # save there, and the launcher forwards it to the running jobs, which checkpoint first (sweep/stop.py)
+    stop.raise_on(signal.SIGTERM)
     try:
         check_flags(sys.argv[1:])
         for results_dir in _results_dirs_from_argv(sys.argv[1:]):
@@ -156,4 +179,8 @@ def main() -> None:
             raise
         sys.stderr.write(f"{exc}\n")
         raise SystemExit(errors.EXIT_BAD_INPUT) from None
-    hydra_main()
+    try:
+        hydra_main()
+    except stop.Stopped as exc:  # a stop no sweeper reported (while composing, or under another sweeper)
+        sys.stderr.write(f"stopped by {stop.signal_name(exc.signum)} (rerun the same command to resume)\n")
+        raise SystemExit(stop.exit_status(exc.signum)) from None

@@ -214,6 +214,18 @@ def _one_of(cfg: DictConfig, key: str, allowed: tuple[str, ...]) -> None:
 
 def validate(cfg: DictConfig) -> None:
     """Range and cross-field checks; raises ConfigError naming the first bad field. Reads no files."""
+    # `name` is one folder of the run's path (results_dir/name/overrides): refused where it would leave results_dir
+    # or nest into another sweep's folder (the overrides part escapes '/' itself: sweep/record.py's run_dirname)
+    name = cfg.name
+    _need(
+        isinstance(name, str)
+        and name not in ("", ".", "..")
+        and not any(sep and sep in name for sep in ("/", os.sep, os.altsep, "\0"))
+        and not os.path.isabs(name),
+        "name",
+        "must be one folder name inside results_dir (not empty, '.' or '..'; no '/'; not an absolute path)",
+        name,
+    )
     for key in ("batch_size", "num_steps", "model.hidden_size", "model.num_layers", "model.embedding_size"):
         _positive_int(cfg, key)
     _need(cfg.threads >= 0, "threads", "must be >= 0 (0 = usable CPUs // parallel jobs)", cfg.threads)

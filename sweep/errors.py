@@ -20,6 +20,7 @@ from hydra.errors import CompactHydraException, InstantiationException, MissingC
 
 EXIT_BAD_INPUT = 2
 EXIT_FAILED = 1
+EXIT_LEASED = 75  # EX_TEMPFAIL (sysexits.h): a single run whose point another live process trains; try again later
 PROJECT = "rnn-sweep"  # the distribution whose extras name the optional plugins
 
 # Hydra plugins a config group option comes from, when that plugin is not installed: (group, option) -> its

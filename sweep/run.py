@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 
-from sweep import lease, record
+from sweep import lease, record, stop
 from sweep.config import ConfigError, validate
 from sweep.cpus import default_threads
 from sweep.train import resolve_device, train
@@ -47,13 +47,22 @@ def run_job(
     launcher: str | None = None,
     extra: dict | None = None,
 ) -> dict[str, Any]:
-    """Run one grid point into `out_dir` and return its record. Bad config raises ConfigError, writing nothing."""
+    """Run one grid point into `out_dir` and return its record. Bad config raises ConfigError, writing nothing.
+    A stop requested by a signal (sweep/stop.py) raises stop.Stopped once the checkpoint is saved and the lease
+    released; a point whose live lease another process holds returns {"status": "leased", "owner": ...}."""
     out_dir = Path(out_dir)
     try:
         validate(cfg)
     except ConfigError:
         _remove_if_empty(out_dir, Path(cfg.results_dir))
         raise
+    with stop.handling():  # SIGTERM (SIGINT, a scheduler's preemption signal): checkpoint, release, Stopped
+        return _run_leased(cfg, out_dir, parallel_jobs, launcher, extra)
+
+
+def _run_leased(
+    cfg: DictConfig, out_dir: Path, parallel_jobs: int, launcher: str | None, extra: dict | None
+) -> dict[str, Any]:
     sig = record.signature(cfg)
     existing = record.read_run(out_dir)
     if record.record_is_done(existing, sig):
@@ -72,13 +81,37 @@ def run_job(
             return existing  # type: ignore[return-value]
         log.info("train %s (lease %s)", out_dir, held.owner)
         held.start_renewing()
-        return _train_and_record(cfg, out_dir, sig, parallel_jobs, launcher, extra)
+        if stop.requested:  # the signal came while the lease was being taken: nothing trained yet
+            raise stop.Stopped(stop.signal_number, -1)
+        rec = _train_and_record(cfg, out_dir, sig, parallel_jobs, launcher, extra)
+        if stop.requested:  # it came after the last update (final evaluation, measures): the record is whole
+            raise stop.Stopped(stop.signal_number, -1)
+        return rec
     except ConfigError:  # bad input found while training (a corpus too short): leave nothing behind
         held.release()
         _remove_if_empty(out_dir, Path(cfg.results_dir))
         raise
-    finally:  # after run.json is written, on failure and on Ctrl-C
+    except stop.Stopped as exc:
+        stop.settle()
         held.release()
+        exc.line = _stopped_line(exc, out_dir)
+        log.warning("%s", exc.line)
+        raise
+    finally:  # after run.json is written, on failure, on Ctrl-C and on a stop
+        held.release()
+
+
+def _stopped_line(exc: stop.Stopped, out_dir: Path) -> str:
+    """What a stopped job left behind, in one line: a whole record, a checkpoint to resume from, or nothing."""
+    from sweep import checkpoint
+
+    how = f"stopped by {stop.signal_name(exc.signum)}"
+    if record.read_run(out_dir) is not None:
+        return f"{how} after the run ended: its record in {out_dir} is whole"
+    at = f" at update {exc.update}" if exc.update >= 0 else ""
+    if checkpoint.path_in(out_dir).is_file():
+        return f"{how}{at}: checkpoint in {out_dir}, lease released; rerun the same command to resume"
+    return f"{how}{at} before its first checkpoint: lease released; a rerun starts {out_dir} afresh"
 
 
 def _train_and_record(

@@ -20,7 +20,7 @@ BAD_INPUTS = [
     (["batch_size=-3"], "batch_size"),
     (["num_steps=0"], "num_steps"),
     (["model=transformer"], "model=transformer: must be one of gru, lstm, rnn"),
-    (["task=vision"], "task=vision: must be one of echo, lags, text"),
+    (["task=vision"], "task=vision: must be one of echo, lags, lm, text"),
     (["task.lag=0"], "task.lag"),
     (["task=lags", "task.lags=[]"], "task.lags"),
     (["optim.lr=0"], "optim.lr"),

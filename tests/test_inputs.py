@@ -324,3 +324,32 @@ def test_a_launcher_from_an_extra_names_the_extra():
         pytest.skip("rnn-sweep is not installed (pip install -e .)")
     if any(r.startswith("hydra-ray-launcher") and "extra ==" in r for r in installed):
         assert install_hint("hydra-ray-launcher") == "pip install 'rnn-sweep[ray]'"
+
+
+ESCAPING_NAMES = ["../outside", "..", ".", "a/b", "/tmp/rnn-sweep-absolute", ""]
+
+
+@pytest.mark.parametrize("name", ESCAPING_NAMES, ids=["dotdot-prefix", "dotdot", "dot", "separator", "absolute",
+                                                      "empty"])  # fmt: skip
+@pytest.mark.parametrize("multirun", [False, True], ids=["run", "multirun"])
+def test_a_name_that_would_leave_results_dir_is_refused_before_anything_is_written(tmp_path, name, multirun):
+    results = tmp_path / "box" / "results"
+    grid = ["-m", "seed=0,1"] if multirun else []
+    proc = run_cli(*grid, f"name={name}", f"results_dir={results}", *TINY, timeout=120)
+    line = _bad_input(proc, results)
+    assert line.startswith(f"invalid config: name={name!r}: must be one folder name inside results_dir"), line
+    assert [p for p in (tmp_path / "box").rglob("*")] == []  # not beside results_dir either
+    assert not Path("/tmp/rnn-sweep-absolute").exists()
+
+
+def test_a_swept_name_with_one_escaping_value_stops_the_sweep_before_the_first_job(tmp_path):
+    results = tmp_path / "results"
+    proc = run_cli("-m", "name=fine,../escape", f"results_dir={results}", *TINY, timeout=120)
+    assert "name='../escape'" in _bad_input(proc, results)
+    assert not (tmp_path / "escape").exists()
+
+
+def test_a_value_with_slashes_and_dots_stays_one_folder_inside_results_dir():
+    # every other config value reaches the path through the overrides part, which escapes '/' (and '%')
+    name = record.run_dirname("task.path=../../etc/passwd,seed=0")
+    assert "/" not in name and name not in (".", "..") and Path(name).name == name

@@ -6,6 +6,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -255,3 +256,148 @@ def test_ctrl_c_exits_130_with_one_line_and_a_rerun_completes(tmp_path):
     assert rerun.returncode == 0, rerun.stderr
     assert len(list(results.rglob("run.json"))) == 4
     assert rerun.stdout.count("] train ") == 4 - done  # only what was missing
+
+
+# ------------------------------------------------------------------- holders on this host that are gone
+_HOLD_AND_DIE = """
+import os, sys
+from sweep import lease
+r = lease.acquire(sys.argv[1], ttl_s=600)
+assert isinstance(r, lease.Lease)
+print(r.owner, flush=True)
+os._exit(0)  # as a SIGKILL would: no release
+"""
+
+
+def _dead_holder(folder: Path) -> str:
+    proc = subprocess.run([sys.executable, "-c", _HOLD_AND_DIE, str(folder)], cwd=REPO, capture_output=True,
+                          text=True, timeout=60, check=True)  # fmt: skip
+    return proc.stdout.strip()
+
+
+def _rewrite(folder: Path, **fields) -> None:
+    path = folder / lease.LEASE_FILE
+    path.write_text(json.dumps({**json.loads(path.read_text()), **fields}))
+
+
+def test_a_lease_records_host_pid_start_time_and_boot(tmp_path):
+    held = lease.acquire(tmp_path, ttl_s=60)
+    data = json.loads((tmp_path / lease.LEASE_FILE).read_text())
+    assert data["host"] == held.owner.split(":")[0] and data["pid"] == os.getpid()
+    if Path("/proc/self/stat").exists():
+        assert isinstance(data["start"], int) and data["boot_id"]
+    assert lease.holder_gone(lease.read(tmp_path, 60)) is False  # this process is alive
+    held.release()
+
+
+def test_the_lease_of_a_process_gone_from_this_host_is_taken_over_at_once(tmp_path):
+    dead = _dead_holder(tmp_path)
+    cur = lease.read(tmp_path, 600)
+    assert cur["owner"] == dead and cur["expires_at"] > time.time() + 500  # far from expiring
+    assert lease.live_holder(tmp_path, 600) is None
+    new = lease.acquire(tmp_path, ttl_s=600)
+    assert isinstance(new, lease.Lease) and new.owner != dead
+    assert not list(tmp_path.glob(".lease-takeover-*"))
+
+
+def test_a_reused_pid_is_not_taken_for_the_holder(tmp_path):
+    """The pid lives (it is this test's), but its process started at another time than the lease's holder."""
+    if not Path("/proc/self/stat").exists():
+        pytest.skip("no /proc: start times cannot be read")
+    held = lease.acquire(tmp_path, ttl_s=600)
+    assert lease.acquire(tmp_path, ttl_s=600) == held.owner
+    _rewrite(tmp_path, start=json.loads((tmp_path / lease.LEASE_FILE).read_text())["start"] - 1)
+    assert lease.live_holder(tmp_path, 600) is None
+    assert isinstance(lease.acquire(tmp_path, ttl_s=600), lease.Lease)
+
+
+def test_a_lease_from_before_a_reboot_is_taken_over(tmp_path):
+    if not Path("/proc/sys/kernel/random/boot_id").exists():
+        pytest.skip("no boot id here")
+    held = lease.acquire(tmp_path, ttl_s=600)
+    _rewrite(tmp_path, boot_id="another-boot")
+    assert isinstance(lease.acquire(tmp_path, ttl_s=600), lease.Lease)
+    assert held.renew() is False
+
+
+def test_a_killed_holder_not_yet_reaped_is_gone(tmp_path):
+    """A zombie still answers os.kill(pid, 0); its parent has not waited for it yet, but it trains no more."""
+    if not Path("/proc/self/stat").exists():
+        pytest.skip("no /proc: process states cannot be read")
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        lease.acquire(tmp_path, ttl_s=600, owner=f"{socket.gethostname()}:{proc.pid}:abc")
+        _rewrite(tmp_path, start=lease._proc_stat(proc.pid)[1])  # the lease the child would have written
+        assert lease.live_holder(tmp_path, 600) is not None
+        proc.kill()
+        deadline = time.time() + 10
+        while lease._proc_stat(proc.pid)[0] != "Z" and time.time() < deadline:
+            time.sleep(0.01)
+        assert lease.live_holder(tmp_path, 600) is None
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_a_dead_pid_on_another_host_keeps_the_ttl_rule(tmp_path):
+    dead = _dead_holder(tmp_path)
+    _rewrite(tmp_path, host="another-host", owner="another-host:" + dead.split(":", 1)[1])
+    assert lease.acquire(tmp_path, ttl_s=600).startswith("another-host:")
+    _expire(tmp_path)
+    assert isinstance(lease.acquire(tmp_path, ttl_s=600), lease.Lease)
+
+
+def test_a_takeover_marker_of_a_taker_gone_from_this_host_is_cleared_at_once(tmp_path):
+    _dead_holder(tmp_path)
+    key = lease.read(tmp_path, 600)["key"]
+    (tmp_path / "elsewhere").mkdir()
+    marker_owner = _dead_holder(tmp_path / "elsewhere")  # a marker holds its taker's lease content
+    marker = tmp_path / f".lease-takeover-{key}"
+    os.replace(tmp_path / "elsewhere" / lease.LEASE_FILE, marker)  # what a taker killed mid-takeover leaves
+    assert json.loads(marker.read_text())["owner"] == marker_owner
+    first = lease.acquire(tmp_path, ttl_s=600)  # sees the marker, clears it (its taker is gone)
+    assert not marker.exists()
+    won = first if isinstance(first, lease.Lease) else lease.acquire(tmp_path, ttl_s=600)
+    assert isinstance(won, lease.Lease)
+
+
+def _run_dir(results: Path, *overrides: str) -> Path:
+    """A single run's folder, as conf/config.yaml names it (Hydra sorts the overrides; some keys are left out)."""
+    kept = sorted(o for o in overrides if o.split("=", 1)[0] not in ("results_dir", "name", "threads"))
+    return results / "default" / ",".join(kept)
+
+
+def test_a_single_run_whose_point_a_live_process_holds_exits_75_in_one_line(tmp_path):
+    results = tmp_path / "results"
+    args = [*TINY, f"results_dir={results}"]
+    folder = _run_dir(results, *args)
+    folder.mkdir(parents=True)
+    held = lease.acquire(folder, ttl_s=600)  # this test process: alive
+    try:
+        proc = run_cli(*args, timeout=120)
+    finally:
+        held.release()
+    assert proc.returncode == 75, (proc.stdout[-2000:], proc.stderr)
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert lines == [
+        f"not run: {folder} is being trained by {held.owner} (its lease.json); rerun the same command once that "
+        "process has ended"
+    ]
+    assert not (folder / "run.json").exists()
+    rerun = run_cli(*args, timeout=120)  # the holder has ended: the run trains
+    assert rerun.returncode == 0, rerun.stderr
+    assert (folder / "run.json").exists()
+
+
+def test_taking_a_lease_removes_what_killed_writers_and_takers_left(tmp_path):
+    (tmp_path / "x").mkdir()
+    dead_pid = int(_dead_holder(tmp_path / "x").split(":")[1])
+    host = socket.gethostname()
+    killed_write = tmp_path / f".{lease.LEASE_FILE}.new-{host}-{dead_pid}-deadbeef"
+    live_write = tmp_path / f".{lease.LEASE_FILE}.new-{host}-{os.getpid()}-cafecafe"  # a write under way
+    old_marker = tmp_path / ".lease-takeover-0123456789ab"
+    for p in (killed_write, live_write, old_marker):
+        p.write_text("{}")
+    held = lease.acquire(tmp_path, ttl_s=600)
+    assert isinstance(held, lease.Lease)
+    assert not killed_write.exists() and not old_marker.exists() and live_write.exists()

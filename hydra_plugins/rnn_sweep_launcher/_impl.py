@@ -10,6 +10,8 @@ import multiprocessing
 import os
 import pickle
 import signal
+import sys
+import threading
 import time
 from collections.abc import Sequence
 from multiprocessing.connection import Connection, wait
@@ -26,7 +28,7 @@ from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, open_dict
 
-from sweep import forkserver
+from sweep import forkserver, stop
 from sweep.config import ConfigError
 from sweep.plan import launcher_parallelism
 
@@ -108,8 +110,10 @@ def run_all(
             for reader in wait(list(running)):
                 i, proc = running.pop(reader)
                 returns[i] = collect(reader, proc, job_overrides[i])
-    except BaseException:  # Ctrl-C (or an error here): the running jobs stop cleanly, then the sweeper reports
-        stop_jobs([proc for _, proc in running.values()])
+    except BaseException as exc:  # Ctrl-C, SIGTERM (or an error here): the running jobs stop cleanly, then the
+        # sweeper reports; a job is sent the signal the sweep got, so a SIGTERM'd job checkpoints (sweep/stop.py)
+        signum = exc.signum if isinstance(exc, stop.Stopped) else signal.SIGINT
+        stop_jobs([proc for _, proc in running.values()], signum)
         raise
     return [r for r in returns if r is not None]
 
@@ -149,13 +153,14 @@ def describe_exit(code: int | None) -> str:
     return f"exit status {code}"
 
 
-def stop_jobs(procs: list[BaseProcess]) -> None:
-    """Interrupt running jobs once each (a terminal's Ctrl-C reaches them too: job_main takes only the first),
-    give them INTERRUPT_GRACE_S to release their leases, then kill what is left."""
+def stop_jobs(procs: list[BaseProcess], signum: int = signal.SIGINT) -> None:
+    """Send each running job `signum` once (a terminal's Ctrl-C, a scheduler's SIGTERM to the process group reach
+    them too: a job takes only the first), give them INTERRUPT_GRACE_S to save a checkpoint and release their
+    leases, then kill what is left."""
     for proc in procs:
         if proc.is_alive() and proc.pid is not None:
             with contextlib.suppress(ProcessLookupError):
-                os.kill(proc.pid, signal.SIGINT)
+                os.kill(proc.pid, signum)
     deadline = time.monotonic() + INTERRUPT_GRACE_S
     for proc in procs:
         proc.join(max(0.0, deadline - time.monotonic()))
@@ -164,6 +169,7 @@ def stop_jobs(procs: list[BaseProcess]) -> None:
             proc.join()
 
 
+@stop.mark
 def _interrupt_once(signum: int, frame: Any) -> None:
     # A Ctrl-C in a terminal reaches the job and the sweep's parent, which then forwards it (stop_jobs): a second
     # KeyboardInterrupt inside the job's clean-up would leave its lease behind, so only the first one counts.
@@ -171,9 +177,45 @@ def _interrupt_once(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
 
+def _stop_when_the_sweep_ends(writer: Connection, sent: threading.Event) -> None:
+    """SIGTERM this job if the sweep that waits for its result ends first (killed with SIGKILL, out of memory):
+    the job then saves a checkpoint, releases its lease and exits instead of training on unseen. The sweep holds
+    the only read end of the result pipe, and poll() on the write end reports an error once no reader is left
+    (the fork server cannot tell: it lives as long as any job it forked)."""
+    import select
+
+    if not hasattr(select, "poll"):
+        return
+
+    def watch() -> None:
+        watcher = select.poll()
+        watcher.register(writer.fileno(), 0)  # no events asked: only POLLERR / POLLHUP (the reader is gone)
+        with contextlib.suppress(OSError):
+            watcher.poll()
+        if not sent.is_set():
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="sweep-watch", daemon=True).start()
+
+
 def job_main(idx: int, overrides: list[str], shared: bytes, writer: Connection) -> None:
-    """In the job's process: compose its config, run it as Hydra's launchers do, send back the JobReturn."""
+    """In the job's process: compose its config, run it as Hydra's launchers do, send back the JobReturn. Stopped
+    by a signal (sweep/stop.py: the running job saved a checkpoint and released its lease), it sends nothing and
+    exits 128 + signal: the sweep that forwarded the signal reports the stop."""
     signal.signal(signal.SIGINT, _interrupt_once)
+    stop.raise_on(signal.SIGTERM)  # before the job's own handling starts, or after it ended: nothing to save
+    sent = threading.Event()
+    try:
+        _stop_when_the_sweep_ends(writer, sent)
+        _run_and_send(idx, overrides, shared, writer, sent)
+    except stop.Stopped as exc:
+        sent.set()
+        sys.exit(stop.exit_status(exc.signum))
+    finally:
+        sent.set()  # the process ends: its pipe closing is no news
+
+
+def _run_and_send(idx: int, overrides: list[str], shared: bytes, writer: Connection, sent: threading.Event) -> None:
     try:
         hydra_context, config, task_function, singleton_state = pickle.loads(shared)
         setup_globals()
@@ -194,6 +236,7 @@ def job_main(idx: int, overrides: list[str], shared: bytes, writer: Connection) 
         return
     except Exception as exc:  # e.g. a config that no longer composes: a failed job, not a dead worker
         ret = JobReturn(overrides=overrides, status=JobStatus.FAILED, _return_value=exc)
+    sent.set()  # from here on the pipe closes because the job is done, not because the sweep ended
     try:
         writer.send(ret)
     except Exception as exc:  # a return value that does not pickle: say so rather than die silently

@@ -28,6 +28,7 @@ from sweep.plan import (
     write_plan,
 )
 from sweep.record import DONE_STATUSES, SWEEP_SUMMARY_FILE
+from sweep.stop import Stopped, exit_status
 from sweep.worker import warm_worker
 
 log = logging.getLogger(__name__)
@@ -115,6 +116,8 @@ class GridSweeperImpl(SweeperBase):
             t0 = time.perf_counter()
             jobs = plan_jobs(self, arguments)
             log.info("planned %d grid points (composed and validated) in %.1f s", len(jobs), time.perf_counter() - t0)
+            if search.get("values"):  # a search seed the grid trains, or a task key no point has: refused here
+                _phases.check_search_grid(jobs, search)
             if self.dry_run:
                 print(self._dry_run(jobs), flush=True)
                 return []
@@ -136,6 +139,8 @@ class GridSweeperImpl(SweeperBase):
             returns = self.run_jobs(jobs)
         except KeyboardInterrupt:
             self._interrupted(jobs, is_done)
+        except Stopped as exc:  # SIGTERM (sweep/stop.py): the launcher forwarded it and its jobs checkpointed
+            self._interrupted(jobs, is_done, exit_status(exc.signum))
         finally:
             release_joblib_workers()  # every job is back: no wait at exit for each worker to unload torch
 
@@ -177,8 +182,10 @@ class GridSweeperImpl(SweeperBase):
         speed, search = self.speed or {}, self.lr_search or {}
         lines = [f"dry run: nothing is written (sweep folder {self.config.hydra.sweep.dir})"]
         if speed.get("enabled") or speed.get("only"):
-            n = len(_phases.speed_points(jobs, list(speed.get("tasks") or [])))
-            lines.append(f"speed phase first: {n} points timed one at a time, {int(speed.get('rounds', 0))} rounds")
+            n = len(_phases.speed_points(jobs, list(speed.get("tasks") or []), list(speed.get("exclude") or [])))
+            rounds, most = int(speed.get("rounds", 0)), int(speed.get("max_rounds", 0))
+            lines.append(f"speed phase first: {n} points timed one at a time, {rounds} rounds, more up to {most} "
+                         "until batch 4 / batch 1 is decided")  # fmt: skip
         grid_known = True
         if search.get("values") and not speed.get("only"):
             runs, chosen = _phases.plan_lr_search(self, jobs, search)
@@ -218,9 +225,9 @@ class GridSweeperImpl(SweeperBase):
         return "\n".join(lines)
 
     @staticmethod
-    def _interrupted(jobs: list[PlannedJob] | None, is_done) -> None:
-        """Ctrl-C: one line, exit 130. A running job released its lease on the way out (sweep/run.py) and keeps
-        its checkpoint, so rerunning the same command resumes."""
+    def _interrupted(jobs: list[PlannedJob] | None, is_done, status: int = EXIT_INTERRUPTED) -> None:
+        """Ctrl-C or SIGTERM: one line, exit 130 (143 for SIGTERM). A running job released its lease on the way out
+        (sweep/run.py) and keeps its checkpoint, so rerunning the same command resumes."""
         if jobs is None:
             line = "interrupted while planning the grid (rerun the same command to resume)"
         else:
@@ -232,15 +239,20 @@ class GridSweeperImpl(SweeperBase):
             )
         sys.stderr.write(line + os.linesep)
         sys.stderr.flush()
-        raise SystemExit(EXIT_INTERRUPTED)
+        raise SystemExit(status)
 
     def _wait_elsewhere(self, jobs: list[PlannedJob], is_done, poll: Callable[[], None] = _nothing) -> list[Any]:
-        """Points skipped because another process held their lease: wait until each has a record; a point whose
-        lease ends with no record (its holder was killed, or stopped by Ctrl-C) is launched here again."""
+        """Points skipped because another process held their lease, or whose job died holding it: wait until each
+        has a record; a point whose lease ends with no record (its holder was killed, or stopped by Ctrl-C) is
+        launched here again."""
+        from sweep.lease import LEASE_FILE
         from sweep.record import read_run
 
         returns: list[Any] = []
-        watch = [j for j in jobs if j.out_dir in self._leased or running_elsewhere(j)]
+        # a lease left in a folder with no record: its job was killed (here or elsewhere), and once its holder is
+        # known to be gone (sweep/lease.py) the point is free at once, so it is run again below
+        watch = [j for j in jobs if j.out_dir in self._leased or running_elsewhere(j)
+                 or (read_run(j.out_dir) is None and (j.out_dir / LEASE_FILE).exists())]  # fmt: skip
         shown: tuple[str, ...] = ()
         while True:
             watch = [j for j in watch if read_run(j.out_dir) is None]
