@@ -18,7 +18,7 @@ SOURCE = Path(verdicts.__file__).read_text()
 
 def _codes_used() -> set[str]:
     return set(re.findall(r'(?:_why|say\.reason)\("([a-z0-9_]+)"', SOURCE)) | set(
-        re.findall(r'"(?:growth|bound|cheap)_reason": "([a-z0-9_]+)"', SOURCE)
+        re.findall(r'"(?:growth|bound|cheap|floor)_reason": "([a-z0-9_]+)"', SOURCE)
     )
 
 
@@ -57,7 +57,7 @@ def test_claims_read_their_text_from_wording():
 
 def test_an_inconclusive_split_carries_its_code_and_the_sentence_quotes_its_numbers():
     th = load_thresholds()
-    two_seeds = runs_table(cells=("gru",), batch_sizes=(1, 4), num_steps=(4, 16), seeds=(0, 1))
+    two_seeds = runs_table(cells=("gru",), batch_sizes=(1, 4), num_steps=(4, 16), seeds=(0, 1), budget="plateau 8192")
     result = verdicts.judge_c2(verdicts.prepare(two_seeds), th)
     assert result.verdict == verdicts.INCONCLUSIVE and result.reason_code == "few_seeds"
     assert result.reason == say.reason("few_seeds", seeds=2.0, need=th["min_seeds"])
@@ -67,6 +67,22 @@ def test_an_inconclusive_split_carries_its_code_and_the_sentence_quotes_its_numb
 
 
 def test_reason_codes_render_with_the_values_given():
-    assert say.reason("at_chance", bound=0.35) == "every batch size at chance (accuracy upper bound < 0.35)"
+    assert say.reason("pair_at_chance", small=1, big=4, bound=0.3) == (
+        "neither batch 1 nor batch 4 clearly above chance (accuracy interval's lower end ≤ 0.30)"
+    )
     assert say.reason("speed_no_task", task="lags").endswith("task lags")
     assert isinstance(pd.DataFrame([("g", say.reason("no_span"))], columns=["group", "reason"]), pd.DataFrame)
+
+
+def test_a_split_where_a_claim_does_not_apply_says_so_and_is_not_counted():
+    """C2 at a fixed budget is learning speed: the split says "not judged", and the claim's sentence does not
+    count it among the settings that could not judge."""
+    th = load_thresholds()
+    budget = runs_table(cells=("gru",), batch_sizes=(1, 4), num_steps=(16,))
+    result = verdicts.judge_c2(verdicts.prepare(budget), th)
+    assert not result.applicable and result.reason_code == "c2_plateau_only"
+    assert say.sentence("C2", result).startswith("Not judged: ")
+    both = pd.concat([budget, runs_table(cells=("gru",), batch_sizes=(1, 4), num_steps=(16,), budget="plateau 8192")])
+    c2 = {v.claim.id: v for v in verdicts.judge(both, th)}["C2"]
+    assert c2.decided_in == ("echo · plateau 8192 · fixed lr",) and c2.undecided_in == ()
+    assert "Could not judge" not in c2.sentence
