@@ -148,6 +148,24 @@ def load_results(root: str | Path) -> Results:
     return Results(root, runs, skipped_df, missing, planned, speed, plan, load_lr_search(root))
 
 
+def judged_clock(speed: pd.DataFrame, meta: dict[str, Any] | None) -> pd.DataFrame:
+    """The speed rows as the verdicts, tables and figures read them: `tokens_per_s` / `us_per_update` on the
+    clock speed.json names (`clock`: "cpu" = the training thread's CPU time, which leaves out the time other
+    processes held the core; docs/protocol.md, "Speed phase"), with the wall-clock figures kept beside them as
+    `wall_tokens_per_s` / `wall_us_per_update` and the clock in `clock`. Older phases timed the wall clock only."""
+    clock = str((meta or {}).get("clock") or "wall")
+    out = speed.assign(wall_tokens_per_s=speed["tokens_per_s"], clock="wall")
+    if "us_per_update" in out:
+        out["wall_us_per_update"] = out["us_per_update"]
+    cpu = out.get("cpu_tokens_per_s")
+    if clock == "cpu" and cpu is not None and pd.to_numeric(cpu, errors="coerce").notna().all():
+        out["tokens_per_s"] = pd.to_numeric(cpu, errors="coerce")
+        if "cpu_us_per_update" in out:
+            out["us_per_update"] = pd.to_numeric(out["cpu_us_per_update"], errors="coerce")
+        out["clock"] = "cpu"
+    return out
+
+
 def load_speed(root: str | Path) -> tuple[pd.DataFrame | None, dict[str, Any] | None]:
     """Every speed.parquet under root (one per sweep), with the speed.json beside the first that has one."""
     root = Path(root)
@@ -158,13 +176,15 @@ def load_speed(root: str | Path) -> tuple[pd.DataFrame | None, dict[str, Any] | 
         except Exception as exc:
             log.warning("cannot read %s: %s", path, exc)
             continue
-        frames.append(df.assign(sweep=_rel(path.parent, root)))
         meta = path.parent / SPEED_PLAN
-        if plan is None and meta.is_file():
+        this: dict[str, Any] | None = None
+        if meta.is_file():
             try:
-                plan = json.loads(meta.read_text())
+                this = json.loads(meta.read_text())
             except (OSError, ValueError) as exc:
                 log.warning("cannot read %s: %s", meta, exc)
+        plan = plan if plan is not None else this
+        frames.append(judged_clock(df, this).assign(sweep=_rel(path.parent, root)))
     if not frames:
         return None, plan
     speed = pd.concat(frames, ignore_index=True)

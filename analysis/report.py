@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import base64
 import html
-import inspect
 import json
 import logging
 import time
@@ -72,19 +71,21 @@ def build_report(
     out.mkdir(parents=True, exist_ok=True)
 
     runs = results.runs
-    verdicts = _judge(runs, th, results.speed)
     judged = runs[runs["in_verdicts"]]
     evals = load_series(judged, "evals", EVAL_COLUMNS)
     level = float(th.get("confidence", 0.95))
-    # one crossing per run (interpolated, B_simple at it) feeds the time-to-target table, the cost curves and fits
+    # one crossing per run (interpolated, B_simple at it) feeds the time-to-target table, the cost curves and fits,
+    # and C1's wall-clock to target
     per_run = costs.crossings(judged, evals, results.speed)
+    b_crit = costs.b_crit_table(per_run, level)
+    verdicts = judge(runs, th, speed=results.speed, cost=per_run, b_crit=b_crit)
     ttt = tables.aggregate_ttt(per_run, level)
     c = Computed(
         results=results, verdicts=verdicts, speed=tables.speed_table(results.speed, level), ttt=ttt,
         fastest=tables.fastest_batch(ttt), noise=tables.noise_scale_table(judged, evals, level),
         lr=tables.lr_summary(results.lr_search, level), means=tables.means_table(runs, th),
         effects=tables.effect_sizes(runs), th=th, th_path=thresholds,
-        cost=costs.cost_to_result(per_run, level), b_crit=costs.b_crit_table(per_run, level),
+        cost=costs.cost_to_result(per_run, level), b_crit=b_crit,
         caps=costs.cap_runs(judged),
     )  # fmt: skip
     data = figs.Data(
@@ -116,13 +117,6 @@ def build_report(
         f.close()
     log.info("report written to %s in %.1f s", index, time.perf_counter() - t0)
     return index
-
-
-def _judge(runs: pd.DataFrame, th: dict[str, Any], speed: pd.DataFrame | None) -> list[Verdict]:
-    """judge() with the speed phase's frame where it takes one (the verdicts decide C1/C3 from it alone)."""
-    if "speed" in inspect.signature(judge).parameters:
-        return judge(runs, th, speed=speed)
-    return judge(runs, th)
 
 
 def _write_tables(out: Path, c: Computed, profiles: pd.DataFrame) -> None:

@@ -25,7 +25,7 @@ _REQUIRED = {
     "c2": ("loss_margin", "accuracy_margin", "capacity_margin", "chance_margin"),
     "c3": ("ratio", "tolerance"),
     "c4": ("min_rho", "min_length", "bound_ok", "bound_broken"),
-    "c5": ("min_slope",),
+    "c5": ("min_slope", "min_jacobian_slope", "min_num_steps"),
     "c7": ("min_factor",),
 }
 

@@ -263,6 +263,24 @@ def test_speed_phase_and_lr_search_files_of_a_sweep_are_read(tmp_path):
     assert res.lr_search["chosen"][0]["lr"] == 0.01
 
 
+@pytest.mark.parametrize(("clock", "judged"), [("cpu", [50.0, 52.0]), ("wall", [100.0, 110.0]), (None, [100.0, 110.0])])
+def test_speed_is_read_on_the_clock_its_phase_names(tmp_path, clock, judged):
+    """speed.json's `clock` says which figure decides: the thread's CPU clock on a one-thread CPU phase (time
+    other processes held the core is not counted), else wall-clock; the wall figure is kept beside it."""
+    write_results(tmp_path, runs_table(cells=("rnn",), batch_sizes=(2,), num_steps=(8,), seeds=(0,)))
+    speed = pd.DataFrame({"task": "echo", "cell": "rnn", "batch_size": [2, 2], "num_steps": 8, "round": [0, 1],
+                          "tokens_per_s": [100.0, 110.0], "us_per_update": [16.0, 14.5],
+                          "cpu_tokens_per_s": [50.0, 52.0], "cpu_us_per_update": [32.0, 30.8], "threads": 1,
+                          "device": "cpu"})  # fmt: skip
+    speed.to_parquet(tmp_path / "speed.parquet")
+    (tmp_path / "speed.json").write_text(json.dumps({"rounds": 2, "clock": clock} if clock else {"rounds": 2}))
+    sp = load_results(tmp_path).speed
+    assert list(sp["tokens_per_s"]) == judged
+    assert list(sp["wall_tokens_per_s"]) == [100.0, 110.0]
+    assert list(sp["us_per_update"]) == ([32.0, 30.8] if clock == "cpu" else [16.0, 14.5])
+    assert set(sp["clock"]) == {clock or "wall"}
+
+
 def test_grid_rebuild_escapes_slashes_like_the_sweeper(tmp_path):
     """A killed sweep (multirun.yaml, no sweep_summary.json) whose override holds a path: the records sit in
     folders named by sweep.record.run_dirname, and the loader must find them there."""
