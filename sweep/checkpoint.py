@@ -2,13 +2,14 @@
 uninterrupted run would have (on CPU; wall-clock fields aside).
 
 `sweep.train.train(cfg, checkpoint_dir=...)` saves one file, `checkpoint_dir / CHECKPOINT_FILE`, at most every
-`checkpoint.every_s` seconds of wall-clock, always between two updates, written through a temp file renamed into
-place (as sweep/record.py writes records), so a kill mid-write leaves the previous checkpoint whole. It holds the
-network and optimizer state, every random number generator, the carried state, the stream position, every row
-recorded so far, the clocks' bookkeeping and the evaluation/measure schedules, together with the run's config
-signature (sweep.record.signature): a checkpoint of another config is ignored, and so is one that cannot be read
-(with a warning: the run starts from scratch). The run folder's record writer removes the file once run.json is
-written (`remove`).
+`checkpoint.every_s` seconds of wall-clock and once more when a stop is requested (sweep/stop.py), always between
+two updates, written through a temp file renamed into place (as sweep/record.py writes records), so a kill
+mid-write leaves the previous checkpoint whole. It holds the network and optimizer state, every random number
+generator, the carried state, the stream position, every row recorded so far (the evaluations among them, all
+that budget=plateau's stopping rule reads), the clocks' bookkeeping and the evaluation/measure schedules,
+together with the run's config signature (sweep.record.signature): a checkpoint of another config is ignored,
+and so is one that cannot be read (with a warning: the run starts from scratch). The run folder's record writer
+removes the file once run.json is written (`remove`).
 """
 
 from __future__ import annotations

@@ -1,4 +1,9 @@
-"""Embedding -> fused recurrent cell (nn.RNN tanh / nn.GRU / nn.LSTM; cuDNN on a GPU) -> one linear head per target."""
+"""Embedding -> fused recurrent cell (nn.RNN tanh / nn.GRU / nn.LSTM; cuDNN on a GPU) -> one linear head per target.
+
+The recurrent weights start as PyTorch initialises them (`recurrent_init="default"`), or, with
+`recurrent_init="orthogonal"`, each gate's hidden x hidden block of every `weight_hh_l*` is then redrawn as an
+orthogonal matrix times `spectral_radius` (docs/protocol.md, "Training semantics").
+"""
 
 from __future__ import annotations
 
@@ -20,6 +25,8 @@ class RecurrentModel(nn.Module):
         embedding_size: int,
         hidden_size: int,
         num_layers: int = 1,
+        recurrent_init: str = "default",
+        spectral_radius: float = 1.0,
     ) -> None:
         super().__init__()
         self.cell_name = cell
@@ -29,6 +36,10 @@ class RecurrentModel(nn.Module):
         kwargs = {"nonlinearity": "tanh"} if cell == "rnn" else {}
         self.rnn = _CELLS[cell](embedding_size, hidden_size, num_layers, batch_first=True, **kwargs)
         self.decoder = nn.Linear(hidden_size, out_vocab * num_heads)
+        if recurrent_init == "orthogonal":  # after every default init: the other weights are the default's
+            orthogonal_recurrent_(self.rnn, spectral_radius)
+        elif recurrent_init != "default":
+            raise ValueError(f"recurrent_init={recurrent_init!r}: must be default or orthogonal")
 
     def init_state(self, batch_size: int, device: torch.device | str | None = None) -> State:
         shape = (self.rnn.num_layers, batch_size, self.rnn.hidden_size)
@@ -69,6 +80,21 @@ class RecurrentModel(nn.Module):
                 groups["recurrent"].append(p)
         groups["output"] = [self.decoder.weight]
         return groups
+
+
+@torch.no_grad()
+def orthogonal_recurrent_(rnn: nn.RNNBase, spectral_radius: float) -> None:
+    """Set each gate's block of every recurrent matrix `weight_hh_l*` to an orthogonal matrix (torch.nn.init.
+    orthogonal_, drawn from the global torch RNG in layer and gate order) times `spectral_radius`: all its
+    eigenvalues then have modulus `spectral_radius` (above 1, the regime where a tanh RNN's gradients can explode)."""
+    hidden = rnn.hidden_size
+    gates = rnn.weight_hh_l0.shape[0] // hidden  # PyTorch stacks the gates' blocks: RNN 1, GRU 3, LSTM 4
+    for name, weight in rnn.named_parameters():
+        if name.startswith("weight_hh"):
+            for g in range(gates):
+                block = weight[g * hidden : (g + 1) * hidden]  # a view: rows of gate g
+                nn.init.orthogonal_(block)
+                block.mul_(spectral_radius)
 
 
 def sequence_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

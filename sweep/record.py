@@ -117,6 +117,15 @@ SUMMARY_KEYS = (
     "grad_norm_cv_late",
     "clip_fraction",
     "lr",
+    # the claim protocol's budget=plateau and end-of-run jitter (docs/protocol.md, "Training semantics")
+    "stop_reason",
+    "converged",
+    "stopped_at_update",
+    "best_valid_loss",
+    "best_valid_update",
+    "param_jitter",
+    "sampling_jitter",
+    "jitter_ratio",
 )
 LAG_ACCURACY, LAG_COUNT = "lag_accuracy", "lag_count"
 

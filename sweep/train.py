@@ -2,8 +2,9 @@
 
 Semantics (docs/protocol.md, "Training semantics"): the stream is cut into batch_size rows; each update takes
 the next num_steps columns; the state is carried across windows and detached, and reset at the start of each pass;
-the loss is the mean cross-entropy per target token; the recorded gradient norm is the global L2 norm before
-clipping.
+the loss is the mean cross-entropy per target token (optim.loss_reduction=sum back-propagates the TF tutorial's
+sum over time steps instead, recording the mean all the same); the recorded gradient norm is the global L2 norm
+before clipping. budget=plateau trains until the held-out loss stops improving (`plateaued`), or to its cap.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import pandas as pd
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from sweep import checkpoint, record
+from sweep import checkpoint, record, stop
 from sweep._torch_api import plain_step, skip_dynamo_import
 from sweep.config import effective_lr
 from sweep.data import IGNORE, num_windows, repackage_hidden
@@ -74,6 +75,8 @@ def build_model(cfg: DictConfig, data: TaskData) -> RecurrentModel:
         embedding_size=cfg.model.embedding_size,
         hidden_size=cfg.model.hidden_size,
         num_layers=cfg.model.num_layers,
+        recurrent_init=str(OmegaConf.select(cfg, "model.recurrent_init", default="default")),
+        spectral_radius=float(OmegaConf.select(cfg, "model.spectral_radius", default=1.0)),
     )
 
 
@@ -100,6 +103,7 @@ def make_update(
     params: list[torch.nn.Parameter],
     clip: float,
     groups: dict[str, list[torch.nn.Parameter]] | None = None,
+    loss_reduction: str = "mean",
 ) -> Update:
     """The one training update, shared by train() and the speed phase (sweep/speed.py) so that both time the
     same work: `update(x, y, state, group_norms) -> (loss, pre-clip grad norm, new state, group norms | None)`.
@@ -107,22 +111,36 @@ def make_update(
     `y` is the window's targets batch-first, [B, T, heads] (WindowStream lays them out so once, instead of
     permuting a copy every update). loss and norm stay device tensors (no host sync per update); the per-group
     norms, when asked for, are taken after backward and before clipping, like the global norm.
+
+    `loss` is always the mean cross-entropy per defined target token. With `loss_reduction="sum"` the loss that
+    is back-propagated is the TF PTB tutorial's instead, summed over the window's time steps and averaged over
+    rows (and heads): `loss x defined targets / (batch_size x heads)`, num_steps x the mean on a window without
+    IGNORE. "mean" back-propagates `loss` itself: its update is the one it always was.
     """
 
     step = plain_step(optimizer)  # optimizer.step() less its profiler/hook wrappers: ~25 us (sweep/_torch_api.py)
+    if loss_reduction not in ("mean", "sum"):
+        raise ValueError(f"loss_reduction={loss_reduction!r}: must be mean or sum")
+    summed = loss_reduction == "sum"
 
     def update(x: torch.Tensor, y: torch.Tensor, state: State, group_norms: bool = False):
         logits, state = model.window_logits(x, repackage_hidden(state))  # = window_forward, flat logits
         loss = token_loss(logits, y)
         for p in params:  # = optimizer.zero_grad(set_to_none=True), without its profiler range
             p.grad = None
-        loss.backward()
+        (loss * targets_per_row(y) if summed else loss).backward()
         by_group = _group_norms(groups) if group_norms and groups is not None else None
         norm = torch.nn.utils.clip_grad_norm_(params, clip, foreach=True)  # returns the pre-clip norm
         step()
         return loss, norm, state, by_group
 
     return update
+
+
+def targets_per_row(y: torch.Tensor) -> torch.Tensor:
+    """Defined targets of a batch-first window [B, T, heads] per row and head (a device scalar, no host sync):
+    the factor that turns the mean loss per target token into the TF tutorial's sum over time steps."""
+    return (y != IGNORE).sum() / (y.shape[0] * y.shape[2])
 
 
 class WindowStream:
@@ -195,15 +213,19 @@ class TrainClock:
     On CUDA the device is synchronised before the clock is read at a pause, so queued kernels are counted."""
 
     def __init__(self, device: torch.device) -> None:
-        self.device, self.done, self.start = device, 0.0, 0.0
+        self.device, self.done, self.start, self.running = device, 0.0, 0.0, False
 
     def resume(self) -> None:
         sync(self.device)
         self.start = time.perf_counter()
+        self.running = True
 
     def pause(self) -> float:
-        sync(self.device)
-        self.done += time.perf_counter() - self.start
+        """Stop the clock (a second pause adds nothing: a run that ends at an evaluation point is paused there)."""
+        if self.running:
+            sync(self.device)
+            self.done += time.perf_counter() - self.start
+            self.running = False
         return self.done
 
     def at(self, now: float) -> float:
@@ -293,7 +315,8 @@ def build_setup(cfg: DictConfig, device: torch.device) -> Setup:
     optimizer = build_optimizer(cfg, model)
     groups = model.param_groups()
     clip = cfg.optim.clip if cfg.optim.clip > 0 else math.inf
-    update = make_update(model, optimizer, list(model.parameters()), clip, groups)
+    reduction = str(OmegaConf.select(cfg, "optim.loss_reduction", default="mean"))
+    update = make_update(model, optimizer, list(model.parameters()), clip, groups, reduction)
     inputs, targets = (t.to(device) for t in data.rows("train", cfg.batch_size))
     return Setup(data, model, optimizer, update, WindowStream(model, inputs, targets, cfg.num_steps), clip, groups)
 
@@ -402,12 +425,53 @@ class Recorder:
         return steps, (int(np.argmax(bad)) if bad.any() else None)
 
 
+def geometric_points(first: int, per_doubling: int, cap: int) -> list[int]:
+    """Evaluation points of eval.spacing=geometric, in updates: round(first x 2^(k / per_doubling)) for k = 0, 1,
+    ..., deduplicated and increasing, those below `cap`, then `cap` itself (always the last)."""
+    points: list[int] = []
+    k = 0
+    while (p := round(first * 2 ** (k / per_doubling))) < cap:
+        if not points or p > points[-1]:
+            points.append(p)
+        k += 1
+    return [*points, cap]
+
+
+def eval_fractions(cfg: DictConfig) -> list[float]:
+    """Every evaluation point as a fraction of the budget (budget=plateau: of its cap), the last one 1.0.
+
+    linear: eval.points evenly spaced fractions. geometric (budgets counted in updates): geometric_points over
+    the updates the budget allows (ceil(amount); the loop stops at the first update count >= amount)."""
+    if OmegaConf.select(cfg, "eval.spacing", default="linear") != "geometric":
+        n = int(cfg.eval.points)
+        return [k / n for k in range(1, n + 1)]
+    amount = float(cfg.budget.amount)
+    points = geometric_points(int(cfg.eval.first), int(cfg.eval.per_doubling), math.ceil(amount))
+    return [*(p / amount for p in points[:-1]), 1.0]
+
+
+def plateaued(losses: list[float], patience: int, min_delta: float) -> bool:
+    """The plateau rule of budget=plateau, after the evaluations `losses` (held-out loss, in order): stop when the
+    best of the last `patience` is not at least `min_delta` below the best of all before them, i.e. at the first
+    evaluation i >= patience (0-based) with min(losses[-patience:]) > min(losses[:-patience]) - min_delta.
+
+    A non-finite loss counts as no improvement (never the best); a run whose loss blows up stops here as soon as
+    `patience` evaluations in a row fail to beat what came before (the divergence rule, on the training loss,
+    may end it as diverged first)."""
+    if len(losses) <= patience:
+        return False
+    finite = [x if math.isfinite(x) else math.inf for x in losses]  # NaN too
+    recent, before = min(finite[-patience:]), min(finite[:-patience])
+    return not (recent < math.inf and recent <= before - min_delta)
+
+
 class Stops:
     """Where training pauses for untimed work, as fractions of the budget: the evaluation points (the last one
     is at the end, after the loop) and the measure checkpoints. `next` is one float for the loop to compare."""
 
-    def __init__(self, eval_points: int, measure_checkpoints: int) -> None:
-        self.evals = Schedule([k / eval_points for k in range(1, eval_points)])
+    def __init__(self, eval_fractions: list[float], measure_checkpoints: int) -> None:
+        """`eval_fractions`: the evaluations during training, the one at the end of the budget left out."""
+        self.evals = Schedule(eval_fractions)
         self.measures = Schedule([k / (measure_checkpoints + 1) for k in range(1, measure_checkpoints + 1)])
         self.next = min(self.evals.next, self.measures.next)
 
@@ -451,12 +515,19 @@ def train(
     """Train one grid point (semantics: docs/protocol.md).
 
     `measure_fn(model, data, cfg, device, initial=<the network as initialised>) -> (scalars, profiles)` runs at
-    the end and at `measure.checkpoints` points during training; evaluation, the gradient noise scale and the
-    measures run outside the training clock and restore the RNG state, so they cannot change the trajectory.
+    the end and at `measure.checkpoints` points during training (fractions of the budget; of the cap with
+    budget=plateau); evaluation, the gradient noise scale, the end-of-run jitter (`erratic_end`) and the measures
+    run outside the training clock and restore the RNG state, so they cannot change the trajectory.
+
+    budget=plateau: at each evaluation point the plateau rule (`plateaued`) may end the run, that evaluation then
+    being its final one; else it ends at the cap (`budget.amount` updates). The summary says why a run ended
+    (`stop_reason`) and whether it converged.
 
     With `checkpoint_dir` and `checkpoint.every_s` > 0, the whole training state is saved there (sweep/checkpoint.py)
     at most every `every_s` seconds of wall-clock, between updates and outside the training clock; a call that
     finds a checkpoint of the same config there resumes from it and ends as the uninterrupted run would have.
+    When `sweep.stop.requested` is set (a signal handler, sweep/stop.py), the loop saves a checkpoint after the
+    update in progress (whatever the timer says; none when checkpointing is off) and raises `stop.Stopped`.
 
     `on_eval(update, {"valid_loss", "valid_accuracy"})` is called at each evaluation point during training (an
     Optuna trial reports there, sweep/pruning.py); when it returns True the run stops with status "pruned".
@@ -469,8 +540,12 @@ def train(
     # Cross-entropy starts near ln(V); a loss this many times larger (or NaN/inf) will not come back.
     max_loss = cfg.divergence_factor * math.log(data.out_vocab)
     valid_inputs, valid_targets = _held_out(cfg, data, device)
-    n_evals = int(cfg.eval.points)
-    stops = Stops(n_evals, cfg.measure.checkpoints if measure_fn is not None else 0)
+    evals_at = eval_fractions(cfg)
+    n_evals = len(evals_at)  # with budget=plateau, as many as the cap allows
+    stops = Stops(evals_at[:-1], cfg.measure.checkpoints if measure_fn is not None else 0)
+    plateau = str(cfg.budget.kind) == "plateau"
+    patience = int(OmegaConf.select(cfg, "budget.patience", default=4))
+    min_delta = float(OmegaConf.select(cfg, "budget.min_delta", default=0.01))
     rec = Recorder(device)
     clock = TrainClock(device)  # training seconds, evaluation and measures excluded
     noise_points = int(OmegaConf.select(cfg, "measure.noise_points", default=0) or 0)
@@ -486,24 +561,31 @@ def train(
         last one included (0 = every evaluation). It costs a few backward passes, more than the evaluation."""
         return noise_points <= 0 or (i * noise_points) // n_evals > ((i - 1) * noise_points) // n_evals
 
-    def run_eval() -> dict[str, Any]:
+    def run_eval(final: bool) -> tuple[dict[str, Any], bool]:
+        """Evaluate now: (the row, whether the plateau rule ends the run here). The noise scale goes with the
+        evaluations noise_due picks and with the last one, the end of the budget's or a plateau's."""
         row = {"step": updates, "tokens": tokens, "time_s": clock.done, **evaluate(model, valid_inputs, valid_targets)}
-        if noise_fn is not None and noise_due(len(rec.evals) + 1):
+        rec.evals.append(row)
+        here = plateau and not final and plateaued([e["loss"] for e in rec.evals], patience, min_delta)
+        if noise_fn is not None and (final or here or noise_due(len(rec.evals))):
             with _untimed(device):
                 row.update(noise_fn(model, data, cfg, device))
-        rec.evals.append(row)
-        return row
+        return row, here
 
     def run_measures() -> tuple[dict[str, Any], pd.DataFrame]:
         with _untimed(device):
             return measure_fn(model, data, cfg, device, initial=initial_model)
 
     def save_checkpoint() -> None:
+        """Save the training state; a full disk costs the checkpoint, not the run."""
         training = {"updates": updates, "tokens": tokens, "state": checkpoint.to_device(state, "cpu")}
         training.update(model=model.state_dict(), optimizer=run.optimizer.state_dict())
         training.update(rng=checkpoint.rng_states(device), stream={"index": stream.index, "passes": stream.passes})
         training.update(rec.state_dict(), **stops.state_dict(), clock_done=clock.done)
-        checkpoint.save(checkpoint_dir, sig, training)  # type: ignore[arg-type]
+        try:
+            checkpoint.save(checkpoint_dir, sig, training)  # type: ignore[arg-type]
+        except OSError as exc:
+            log.warning("could not save a checkpoint in %s: %s", checkpoint_dir, exc)
 
     saved = checkpoint.load(checkpoint_dir, sig) if checkpoint_dir is not None else None
     if saved is not None:
@@ -523,8 +605,9 @@ def train(
     # 10-20 us, several per update would be 5-15 % of a small update (bench/README.md).
     group_every, warmup_updates = int(cfg.group_norm_every), int(cfg.warmup_updates)
     budget_kind, budget_amount = str(cfg.budget.kind), float(cfg.budget.amount)
+    by_updates, by_tokens = budget_kind in ("updates", "plateau"), budget_kind == "tokens"
     tokens_per_update, progress_every_s = cfg.batch_size * cfg.num_steps, float(cfg.progress_every_s)
-    status = "complete"
+    status, stop_reason = "complete", None
     next_save = time.perf_counter() + every_s if saving else math.inf
     last_log = time.perf_counter()
     clock.resume()
@@ -543,28 +626,31 @@ def train(
         if updates % group_every == 0 and rec.diverged(group_every, max_loss):
             status = "diverged"
             break
-        frac = (updates if budget_kind == "updates" else tokens if budget_kind == "tokens" else seconds) / budget_amount
+        frac = (updates if by_updates else tokens if by_tokens else seconds) / budget_amount
         if frac >= 1.0:
             break
         if frac >= stops.next:
             clock.pause()  # evaluation and measures are not timed
             evaluate_now, measure_now = stops.due(frac)
             if evaluate_now:
-                row = run_eval()
+                row, converged_here = run_eval(final=False)
                 if on_eval is not None and on_eval(updates, _eval_metrics(row)):
                     status = "pruned"
+                    break
+                if converged_here:  # budget=plateau: this evaluation is the run's final one
+                    stop_reason = "plateau"
                     break
             if measure_now:
                 scalars, profile = run_measures()
                 rec.measure_rows.append({"step": updates, "tokens": tokens, **scalars})
                 rec.measure_profiles.append(profile.assign(step=updates))
             clock.resume()
-        if now >= next_save:  # between two updates, outside the training clock
+        if now >= next_save or stop.requested:  # between two updates, outside the training clock
             clock.pause()
-            try:
+            if saving:
                 save_checkpoint()
-            except OSError as exc:  # a full disk costs the checkpoint, not the run
-                log.warning("could not save a checkpoint in %s: %s", checkpoint_dir, exc)
+            if stop.requested:  # a signal asked for a clean stop (sweep/stop.py): a rerun resumes from here
+                raise stop.Stopped(stop.signal_number, updates)
             next_save = time.perf_counter() + every_s
             clock.resume()
         if now - last_log >= progress_every_s:
@@ -578,8 +664,14 @@ def train(
         status = "diverged"
     profiles = pd.DataFrame()
     measures: dict[str, Any] = {}
+    jitter: dict[str, Any] = dict.fromkeys(JITTER_KEYS)
     if status == "complete":
-        run_eval()
+        if stop_reason != "plateau":  # a plateau stop evaluated where it stopped: that is the final evaluation
+            run_eval(final=True)
+        jitter_updates = int(OmegaConf.select(cfg, "measure.jitter_updates", default=0) or 0)
+        if jitter_updates > 0:
+            with _untimed(device):
+                jitter = erratic_end(cfg, run, state, jitter_updates, device)
         if measure_fn is not None:
             measures, final_profiles = run_measures()
             profiles = pd.concat([*rec.measure_profiles, final_profiles.assign(step=len(steps))], ignore_index=True)
@@ -587,9 +679,111 @@ def train(
                 measures["measure_checkpoints"] = rec.measure_rows
 
     summary = _summarize(cfg, data, steps, rec.evals, train_clock, *rec.warm, stream.passes)
+    summary.update(jitter)
     summary.update(measures)
     summary["diverged_at_step"] = diverged_at
+    summary.update(_stopping(status, stop_reason, plateau, len(steps), rec.evals))
     return TrainResult(status, summary, steps, _evals_frame(rec.evals, data), profiles, model, data)
+
+
+def _stopping(
+    status: str, stop_reason: str | None, plateau: bool, updates: int, evals: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """Why and where the run ended, and the best held-out loss it saw (any budget).
+
+    stop_reason: diverged | pruned (the status), else plateau | cap (budget=plateau) or budget (the others);
+    converged: True when the plateau rule ended it, False when it reached the cap, None where the question does
+    not apply (fixed budgets; diverged and pruned runs)."""
+    if status != "complete":
+        stop_reason = status
+    elif stop_reason is None:
+        stop_reason = "cap" if plateau else "budget"
+    finite = [(e["loss"], e["step"]) for e in evals if math.isfinite(e["loss"])]
+    best = min(finite) if finite else (None, None)  # the earliest of equal losses
+    return {
+        "stop_reason": stop_reason,
+        "converged": {"plateau": True, "cap": False}.get(stop_reason),
+        "stopped_at_update": updates,
+        "best_valid_loss": float(best[0]) if best[0] is not None else None,
+        "best_valid_update": int(best[1]) if best[1] is not None else None,
+    }
+
+
+JITTER_KEYS = ("param_jitter", "sampling_jitter", "jitter_ratio")
+
+
+def _fixed_batch_loss(held: WindowStream) -> float:
+    """The loss (mean per target token) of the current parameters of `held.model` on the fixed held-out batch:
+    the first window of the held-out stream (in batch_size rows) that has a target, from a zero state at the
+    stream's start, carried (forward only) through the target-less windows before it (echo/lags with lag >=
+    num_steps); that prefix runs with the same parameters, so the loss is a function of them alone."""
+    held.index = held.windows  # a fresh pass: zero state, then the first window with a target
+    held.model.eval()  # an evaluation, as evaluate() runs it
+    with torch.no_grad():
+        x, y, state = held.next_window(None)
+        logits, _ = held.model.window_logits(x, state)
+    held.model.train()
+    return float(token_loss(logits, y))
+
+
+def _median_abs_diff(values: list[float]) -> float | None:
+    a = np.asarray(values, dtype=np.float64)
+    if len(a) < 2 or not np.isfinite(a).all():
+        return None
+    return float(np.median(np.abs(np.diff(a))))
+
+
+def erratic_end(
+    cfg: DictConfig, run: Setup, state: State, jitter_updates: int, device: torch.device
+) -> dict[str, float | None]:
+    """How erratic training is at its end (claim C7), split into its two sources, on copies (the run's network,
+    optimizer, stream position and carried state are left as they are; the caller forks the RNG):
+
+    - `param_jitter`: `jitter_updates` further updates continuing the training stream on a copy of the network
+      and optimizer; the loss of each parameter state, before the first update and after each, on ONE fixed
+      held-out batch (`_fixed_batch_loss`); the median |l_fixed(theta_{t+1}) - l_fixed(theta_t)| in nats. The
+      data held fixed, this is how much one update moves the loss.
+    - `sampling_jitter`: at the parameters before the first extra update, the loss on each of the next
+      `jitter_updates` + 1 training windows (the ones those updates train on, the state carried as in
+      training); the median |l(theta, B_i) - l(theta, B_{i+1})|: the noise of minibatch sampling alone.
+    - `jitter_ratio` = param_jitter / sampling_jitter.
+
+    All None when a held-out row holds no window with a target, or a loss is not finite."""
+    none = dict.fromkeys(JITTER_KEYS)
+    model = copy.deepcopy(run.model)
+    optimizer = build_optimizer(cfg, model)
+    optimizer.load_state_dict(copy.deepcopy(run.optimizer.state_dict()))  # no tensor shared with the run's
+    reduction = str(OmegaConf.select(cfg, "optim.loss_reduction", default="mean"))
+    update = make_update(model, optimizer, list(model.parameters()), run.clip, None, reduction)
+    valid_inputs, valid_targets = (t.to(device) for t in run.data.rows("valid", cfg.batch_size))
+    try:
+        held = WindowStream(model, valid_inputs, valid_targets, cfg.num_steps)
+    except RuntimeError:  # no held-out window with a target (rows shorter than num_steps, or than the lag)
+        log.warning("jitter: no held-out window of %d columns has a target in %d rows", cfg.num_steps, cfg.batch_size)
+        return none
+    fixed = [_fixed_batch_loss(held)]
+    stream = copy.copy(run.stream)  # the position and pass, for the copy of the network
+    stream.model = model
+
+    sampled, s_stream, s_state = [], copy.copy(stream), repackage_hidden(state)
+    model.eval()
+    with torch.no_grad():
+        for _ in range(jitter_updates + 1):
+            x, y, s_state = s_stream.next_window(s_state)
+            logits, s_state = model.window_logits(x, s_state)
+            sampled.append(token_loss(logits, y))
+    model.train()
+    sampling = _median_abs_diff(torch.stack(sampled).tolist())
+
+    u_state = repackage_hidden(state)
+    for _ in range(jitter_updates):
+        x, y, u_state = stream.next_window(u_state)
+        _, _, u_state, _ = update(x, y, u_state, False)
+        fixed.append(_fixed_batch_loss(held))
+    param = _median_abs_diff(fixed)
+    if param is None or sampling is None:
+        return none
+    return {"param_jitter": param, "sampling_jitter": sampling, "jitter_ratio": param / sampling if sampling else None}
 
 
 def _group_norms(groups: dict[str, list[torch.nn.Parameter]]) -> dict[str, float]:

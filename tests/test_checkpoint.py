@@ -16,8 +16,9 @@ from typing import Any
 import pandas as pd
 import pytest
 
+import sweep.stop
 import sweep.train
-from sweep import checkpoint
+from sweep import checkpoint, record
 from sweep.model import token_loss
 from sweep.run import _measure_fn
 from sweep.train import TrainResult, train
@@ -38,6 +39,9 @@ CASES = {
     "echo": [*BASE, "model=lstm", "measure.enabled=true", "measure.checkpoints=2"],
     "lags": [*BASE, "task=lags", "model=gru", "measure.enabled=true", "measure.checkpoints=2"],
 }
+# budget=plateau: evaluations at 4, 6, 8, 11, 16, 23 updates, the rule stops the run at 23 (of a cap of 2000)
+PLATEAU = ["budget=plateau", "budget.amount=2000", "eval.first=4", "eval.per_doubling=2", "budget.patience=3"]
+CASES["plateau"] = [*_tiny("batch_size=4", *PLATEAU, "measure.noise_scale=true"), "model=lstm", "measure.enabled=true"]
 PLAIN = [o.replace("measure.enabled=true", "measure.enabled=false") for o in CASES["echo"]]
 
 
@@ -68,17 +72,28 @@ def assert_same(a: TrainResult, b: TrainResult) -> None:
 
 
 def _count_updates(monkeypatch, kill_after: int | None = None) -> list[int]:
-    """Count training updates (each calls sweep.train.token_loss once); raise Killed in update kill_after + 1."""
+    """Count training updates (each calls sweep.train.token_loss once); raise Killed in update kill_after + 1.
+    The end-of-run jitter (sweep.train.erratic_end: updates and losses on a copy) is not counted."""
     calls = [0]
-    real = token_loss
+    counting_on = [True]
+    real, real_erratic = token_loss, sweep.train.erratic_end
 
     def counting(logits, targets):
-        if kill_after is not None and calls[0] >= kill_after:
-            raise Killed
-        calls[0] += 1
+        if counting_on[0]:
+            if kill_after is not None and calls[0] >= kill_after:
+                raise Killed
+            calls[0] += 1
         return real(logits, targets)
 
+    def erratic(*args, **kwargs):
+        counting_on[0] = False
+        try:
+            return real_erratic(*args, **kwargs)
+        finally:
+            counting_on[0] = True
+
     monkeypatch.setattr(sweep.train, "token_loss", counting)
+    monkeypatch.setattr(sweep.train, "erratic_end", erratic)
     return calls
 
 
@@ -96,6 +111,7 @@ def _reference(make_cfg, case: str) -> TrainResult:
 @pytest.mark.parametrize("kills", [[1], [6], [12], [13, 20], [29], [3, 9, 17, 25]])
 def test_a_run_killed_and_restarted_ends_as_the_uninterrupted_run(make_cfg, monkeypatch, tmp_path, case, kills):
     reference = _reference(make_cfg, case)
+    kills = [k for k in kills if k < reference.summary["updates"]] or [reference.summary["updates"] - 1]
     cfg = make_cfg(*CASES[case], "checkpoint.every_s=1e-9")  # a checkpoint after every update
     done = 0
     for kill in kills:  # kill = the update (counted over the whole run) that is interrupted part-way
@@ -112,6 +128,39 @@ def test_a_run_killed_and_restarted_ends_as_the_uninterrupted_run(make_cfg, monk
     assert calls[0] == reference.summary["updates"] - kills[-1]  # it went on from the last update before the kill
     assert_same(resumed, reference)
     assert resumed.summary["train_seconds"] > 0
+    if case == "plateau":  # the rule read the evaluations before the kill from the checkpoint
+        assert resumed.summary["stop_reason"] == "plateau" and resumed.summary["updates"] == 23
+
+
+def test_a_stop_request_saves_a_checkpoint_and_a_rerun_ends_as_the_uninterrupted_run(make_cfg, monkeypatch, tmp_path):
+    reference = _reference(make_cfg, "echo")
+    cfg = make_cfg(*CASES["echo"], "checkpoint.every_s=3600")  # the timer never fires: the stop saves regardless
+
+    def request_at_12(update: int, metrics: dict) -> bool:
+        if update == 12:  # as the signal handler would (sweep/stop.py), between two updates
+            monkeypatch.setattr(sweep.stop, "requested", True)
+            monkeypatch.setattr(sweep.stop, "signal_number", 15)
+        return False
+
+    with pytest.raises(sweep.stop.Stopped) as stopped:
+        train(cfg, measure_fn=_measure_fn(cfg), checkpoint_dir=tmp_path, on_eval=request_at_12)
+    assert (stopped.value.signum, stopped.value.update) == (15, 12)
+    saved = checkpoint.load(tmp_path, record.signature(cfg))
+    assert saved is not None and saved["updates"] == 12 and [e["step"] for e in saved["evals"]] == [6, 12]
+    monkeypatch.setattr(sweep.stop, "requested", False)
+    calls = _count_updates(monkeypatch)
+    resumed = train(cfg, measure_fn=_measure_fn(cfg), checkpoint_dir=tmp_path)
+    assert calls[0] == 30 - 12
+    assert_same(resumed, reference)
+
+
+def test_a_stop_request_without_checkpointing_stops_and_saves_nothing(make_cfg, monkeypatch, tmp_path):
+    monkeypatch.setattr(sweep.stop, "requested", True)  # already set before the first update
+    for cfg, folder in ((make_cfg(*PLAIN, "checkpoint.every_s=0"), tmp_path), (make_cfg(*PLAIN), None)):
+        with pytest.raises(sweep.stop.Stopped) as stopped:
+            train(cfg, checkpoint_dir=folder)
+        assert stopped.value.update == 1
+    assert not (tmp_path / checkpoint.CHECKPOINT_FILE).exists()
 
 
 def test_random_draws_during_training_go_on_as_in_the_uninterrupted_run(make_cfg, monkeypatch, tmp_path):
@@ -131,10 +180,11 @@ def test_random_draws_during_training_go_on_as_in_the_uninterrupted_run(make_cfg
 
         return loss
 
-    cfg = make_cfg(*PLAIN, "checkpoint.every_s=1e-9")
+    plain = [*PLAIN, "measure.jitter_updates=0"]  # the training loop's draws only
+    cfg = make_cfg(*plain, "checkpoint.every_s=1e-9")
     want: list = []
     monkeypatch.setattr(sweep.train, "token_loss", drawing(want))
-    train(make_cfg(*PLAIN))
+    train(make_cfg(*plain))
     first: list = []
     monkeypatch.setattr(sweep.train, "token_loss", drawing(first, kill_after=17))
     with pytest.raises(Killed):

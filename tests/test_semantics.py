@@ -129,7 +129,7 @@ def test_state_is_reset_at_each_pass_and_budget_counts_updates(make_cfg, monkeyp
 
     monkeypatch.setattr(RecurrentModel, "init_state", counting)
     # 4096 tokens in 8 rows of 512 -> 512 // 8 = 64 windows a pass, the first (lag 8) without targets
-    result = train(make_cfg(*TINY, "batch_size=8", "num_steps=8", "budget.amount=150"))
+    result = train(make_cfg(*TINY, "batch_size=8", "num_steps=8", "budget.amount=150", "measure.jitter_updates=0"))
     assert result.summary["updates"] == 150
     assert result.summary["passes"] == 3 == len([r for r in resets if r == 8])
     assert result.summary["tokens"] == 150 * 8 * 8
@@ -173,6 +173,7 @@ _CARRY = [
     "measure.enabled=false",
     "measure.noise_scale=false",
     "eval.points=2",
+    "measure.jitter_updates=0",  # the end-of-run jitter updates a copy on its own windows (tests/test_erratic.py)
 ]
 
 
@@ -338,3 +339,75 @@ def test_an_on_eval_hook_that_says_stop_prunes_the_run_at_that_evaluation(make_c
     assert pruned.steps["loss"].tolist() == full.steps["loss"].iloc[:20].tolist()
     never = train(cfg, on_eval=lambda u, m: False)
     assert never.status == "complete" and never.steps["loss"].tolist() == full.steps["loss"].tolist()
+
+
+# --- recurrent init ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("cell", "gates"), [("rnn", 1), ("gru", 3), ("lstm", 4)])
+@pytest.mark.parametrize("radius", [0.5, 1.0, 1.7])
+def test_orthogonal_recurrent_init_sets_every_gate_block_to_the_spectral_radius(cell, gates, radius):
+    hidden = 16
+    torch.manual_seed(0)
+    model = RecurrentModel(cell, 5, 5, 1, embedding_size=4, hidden_size=hidden, num_layers=2,
+                           recurrent_init="orthogonal", spectral_radius=radius)  # fmt: skip
+    for layer in range(2):
+        weight = getattr(model.rnn, f"weight_hh_l{layer}").detach()
+        assert weight.shape == (gates * hidden, hidden)
+        for block in weight.split(hidden):
+            assert torch.linalg.eigvals(block.double()).abs().max().item() == pytest.approx(radius, abs=1e-5)
+            # orthogonal x radius: every singular value is the radius too, not only the largest eigenvalue
+            assert torch.allclose(block.T @ block, radius**2 * torch.eye(hidden), atol=1e-5)
+
+
+@pytest.mark.parametrize("cell", ["rnn", "gru", "lstm"])
+def test_recurrent_init_default_draws_as_before_and_orthogonal_changes_only_the_recurrent_weights(make_cfg, cell):
+    def build(*extra: str) -> RecurrentModel:
+        cfg = make_cfg(*TINY, f"model={cell}", *extra)
+        seed_everything(cfg.seed)
+        return build_model(cfg, make_task(cfg))
+
+    torch.manual_seed(0)
+    plain = RecurrentModel(cell, 5, 5, 1, embedding_size=4, hidden_size=8)  # the constructor without the keys
+    torch.manual_seed(0)
+    explicit = RecurrentModel(cell, 5, 5, 1, embedding_size=4, hidden_size=8, recurrent_init="default")
+    for a, b in zip(plain.state_dict().values(), explicit.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    default, ortho = build(), build("model.recurrent_init=orthogonal", "model.spectral_radius=1.3")
+    again = build("model.recurrent_init=orthogonal", "model.spectral_radius=1.3")
+    for (name, a), b, c in zip(default.named_parameters(), ortho.parameters(), again.parameters(), strict=True):
+        assert torch.equal(b, c), name  # same seed, same weights: drawn from the seeded global RNG
+        assert torch.equal(a, b) != name.startswith("rnn.weight_hh"), name  # the default's, but for weight_hh
+
+
+def test_default_recurrent_init_and_loss_reduction_train_as_they_always_did(make_cfg):
+    """Pinned from the code before recurrent_init and loss_reduction existed (commit 0288493): the first losses
+    of a TINY LSTM run, float32 bit for bit."""
+    steps = train(make_cfg(*TINY, "model=lstm", "optim.loss_reduction=mean", "model.recurrent_init=default")).steps
+    assert steps["loss"].iloc[[0, 1, 19]].tolist() == PINNED_LSTM_LOSSES
+
+
+PINNED_LSTM_LOSSES = [1.4575749635696411, 1.4473474025726318, 1.387399435043335]  # updates 1, 2 and 20
+
+
+# --- loss reduction ----------------------------------------------------------------------------------------------
+
+_SUM = [*TINY, "task.lag=4", "num_steps=4", "batch_size=8", "optim=sgd", "optim.clip=0", "budget.amount=3"]
+
+
+@pytest.mark.parametrize("cell", ["rnn", "lstm"])
+def test_summed_loss_scales_the_first_gradient_by_num_steps_and_records_the_mean_loss(make_cfg, cell):
+    # echo lag 4 at num_steps 4: window 0 has no target (run forward only), window 1 has no IGNORE at all
+    mean = train(make_cfg(*_SUM, f"model={cell}")).steps
+    summed = train(make_cfg(*_SUM, f"model={cell}", "optim.loss_reduction=sum")).steps
+    assert summed["loss"].iloc[0] == mean["loss"].iloc[0]  # the same mean per token before any update
+    assert summed["grad_norm"].iloc[0] == pytest.approx(4 * mean["grad_norm"].iloc[0], rel=1e-5)
+    assert summed["loss"].iloc[1] != mean["loss"].iloc[1]  # SGD: a step num_steps times longer followed
+
+
+def test_summed_loss_counts_defined_targets_per_row_and_head(make_cfg):
+    # lags 1 and 2 at num_steps 4: the first window holds 3 + 2 targets per row of 2 heads -> factor 2.5
+    lags = [*_SUM, "task=lags", "task.lags=[1,2]", "model=gru"]
+    mean = train(make_cfg(*lags)).steps
+    summed = train(make_cfg(*lags, "optim.loss_reduction=sum")).steps
+    assert summed["grad_norm"].iloc[0] == pytest.approx(2.5 * mean["grad_norm"].iloc[0], rel=1e-5)
