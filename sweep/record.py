@@ -126,6 +126,12 @@ SUMMARY_KEYS = (
     "param_jitter",
     "sampling_jitter",
     "jitter_ratio",
+    # the state-to-state Jacobian product against L (docs/measures.md, measure 6)
+    *(
+        f"jacobian_{key}{net}"
+        for net in ("", "_initial")
+        for key in ("log_norm_max_L", "slope", "slope_ci_low", "slope_ci_high", "explodes")
+    ),
 )
 LAG_ACCURACY, LAG_COUNT = "lag_accuracy", "lag_count"
 
