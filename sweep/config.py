@@ -90,6 +90,9 @@ class BudgetConfig:
     # is less than `min_delta` nats below the best before them (docs/protocol.md, "Budgets")
     patience: int = 4
     min_delta: float = 0.01
+    # ... and not before this many updates: a task can sit at chance for its first hundreds of updates before it
+    # learns (echo), and a rule asked there would stop it as "converged" at chance (docs/protocol.md, "Budgets")
+    min_updates: int = 0
 
 
 @dataclass
@@ -252,6 +255,8 @@ def validate(cfg: DictConfig) -> None:
     )
     if cfg.budget.kind == "plateau":
         _positive_int(cfg, "budget.patience")
+        mu = cfg.budget.min_updates
+        _need(isinstance(mu, int) and mu >= 0, "budget.min_updates", "must be an integer >= 0", mu)
         delta = cfg.budget.min_delta
         _need(delta >= 0 and math.isfinite(delta), "budget.min_delta", "must be a number >= 0 (nats)", delta)
         _need(

@@ -546,6 +546,7 @@ def train(
     plateau = str(cfg.budget.kind) == "plateau"
     patience = int(OmegaConf.select(cfg, "budget.patience", default=4))
     min_delta = float(OmegaConf.select(cfg, "budget.min_delta", default=0.01))
+    min_updates = int(OmegaConf.select(cfg, "budget.min_updates", default=0))
     rec = Recorder(device)
     clock = TrainClock(device)  # training seconds, evaluation and measures excluded
     noise_points = int(OmegaConf.select(cfg, "measure.noise_points", default=0) or 0)
@@ -566,7 +567,8 @@ def train(
         evaluations noise_due picks and with the last one, the end of the budget's or a plateau's."""
         row = {"step": updates, "tokens": tokens, "time_s": clock.done, **evaluate(model, valid_inputs, valid_targets)}
         rec.evals.append(row)
-        here = plateau and not final and plateaued([e["loss"] for e in rec.evals], patience, min_delta)
+        here = (plateau and not final and updates >= min_updates
+                and plateaued([e["loss"] for e in rec.evals], patience, min_delta))  # fmt: skip
         if noise_fn is not None and (final or here or noise_due(len(rec.evals))):
             with _untimed(device):
                 row.update(noise_fn(model, data, cfg, device))

@@ -128,6 +128,18 @@ def test_a_plateau_run_stops_before_the_cap_and_records_that_it_converged(make_c
     assert s["best_valid_loss"] == evals["loss"].min() and s["best_valid_update"] == evals["step"][best]
 
 
+def test_the_rule_is_not_asked_before_min_updates(make_cfg):
+    """budget.min_updates: a run whose held-out loss is flat from the start (lr so small nothing moves) would stop
+    at its first chance; with min_updates it trains on to the first evaluation at or past it, then stops there."""
+    flat = [*PLATEAU, "optim.lr=1e-9"]
+    early = train(make_cfg(*flat))
+    assert early.summary["stop_reason"] == "plateau" and early.summary["updates"] < 64
+    late = train(make_cfg(*flat, "budget.min_updates=64"))
+    points = geometric_points(4, 2, 2000)
+    assert late.summary["stop_reason"] == "plateau"
+    assert late.summary["updates"] == min(p for p in points if p >= 64)
+
+
 def test_a_plateau_run_that_reaches_its_cap_records_cap_and_not_converged(make_cfg):
     result = train(make_cfg(*PLATEAU, "budget.amount=7"))  # evaluations at 4, 6 and the cap: the rule needs 3
     s = result.summary
