@@ -27,7 +27,7 @@ from hydra_plugins.rnn_sweep_sweeper._phases import (
     widen,
 )
 from sweep.config import ConfigError
-from sweep.plan import PlannedJob
+from sweep.plan import PlannedJob, SweepFailed
 from tests.conftest import TINY, run_cli
 
 NO_SPEED = "hydra.sweeper.speed.enabled=false"
@@ -269,3 +269,37 @@ def test_a_search_seed_the_grid_trains_stops_the_sweep_with_one_line(tmp_path):
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and "lr_search.seeds" in lines[0] and "[1]" in lines[0], lines
     assert not list(tmp_path.rglob("run.json")) and not list(tmp_path.rglob("lr_search.json"))
+
+
+def test_an_unsearched_batch_size_takes_the_log_log_interpolation_of_its_searched_neighbours():
+    from hydra_plugins.rnn_sweep_sweeper._phases import interpolated_lr
+
+    searched = {1: 0.001, 4: 0.004, 16: 0.01}
+    lr, how = interpolated_lr(2, searched)
+    assert lr == pytest.approx(0.002, rel=1e-3) and "between batch 1" in how  # sqrt(0.001 * 0.004)
+    assert interpolated_lr(8, searched)[0] == pytest.approx(math.sqrt(0.004 * 0.01), rel=1e-3)
+    assert interpolated_lr(4, searched)[0] == 0.004  # a searched size is its own
+    assert interpolated_lr(64, searched) == (0.01, "batch 16's (nearest searched)")  # never extrapolated
+    with pytest.raises(SweepFailed, match="batch_size=2"):
+        interpolated_lr(2, {})
+
+
+@pytest.mark.slow
+def test_only_the_listed_batch_sizes_are_searched_and_the_others_train_with_the_interpolated_lr(tmp_path):
+    """lr_search.batch_sizes=[2,8]: batch 2 and 8 are searched; batch 4 trains none of its own search runs and
+    uses the log-log midpoint of their lrs, which lr_search.json records as interpolated."""
+    args = ["-m", *TINY, NO_SPEED, "hydra.sweeper.lr_search.values=[0.001,0.1]", "hydra.sweeper.lr_search.seeds=[100]",
+            "hydra.sweeper.lr_search.max_widen=0", "hydra.sweeper.lr_search.batch_sizes=[2,8]", "model=rnn",
+            "seed=0", "batch_size=2,4,8", f"results_dir={tmp_path}"]  # fmt: skip
+    proc = run_cli(*args)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    root = tmp_path / "default"
+    info = json.loads((root / "lr_search.json").read_text())
+    assert sorted({r["batch_size"] for r in info["table"]}) == [2, 8]  # no search run at batch 4
+    chosen = {c["batch_size"]: c for c in info["chosen"]}
+    expect = math.sqrt(chosen[2]["lr"] * chosen[8]["lr"])
+    assert chosen[4]["stopped"] == "interpolated" and chosen[4]["lr"] == pytest.approx(expect, rel=1e-2)
+    assert chosen[4]["cell"] == chosen[2]["cell"] == "rnn"
+    grid = [json.loads((tmp_path / f / "run.json").read_text()) for f in _records(tmp_path) if "lr_search" not in f]
+    by_batch = {r["config"]["batch_size"]: r["config"]["optim"]["lr"] for r in grid}
+    assert by_batch[4] == chosen[4]["lr"] and by_batch[2] == chosen[2]["lr"]

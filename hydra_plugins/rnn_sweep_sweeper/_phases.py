@@ -298,7 +298,12 @@ class _Search:
         self.initial = sorted({float(v) for v in search["values"]})
         self.factor = float(search.get("widen_factor", 3.0))
         self.max_widen = int(search.get("max_widen", 2))
-        self.groups = _groups(jobs, search)
+        # with `batch_sizes` set, only groups at those batch sizes are searched; the others take their lr from the
+        # searched neighbours (`interpolated_lr`)
+        every = _groups(jobs, search)
+        only = {int(b) for b in search.get("batch_sizes") or []}
+        self.groups = [g for g in every if not only or _batch_of(g) is None or _batch_of(g) in only]
+        self.between = [g for g in every if g not in self.groups]
         self.tried = {g: list(self.initial) for g in self.groups}
         self.runs: dict[tuple, dict[float, list[PlannedJob]]] = {g: {} for g in self.groups}
         self.stops: dict[tuple, dict[str, Any]] = {}
@@ -395,7 +400,49 @@ class _Search:
                 "edge": stop["edge"],
             })  # fmt: skip
             lr[g] = best["lr"]
+        for g in self.between:
+            b = _batch_of(g)
+            kin = [h for h in self.groups if _siblings(h) == _siblings(g)]
+            side = {_batch_of(h): lr[h] for h in kin}
+            first = " ".join(o for o in _label(kin[0]) if _key(o) in varying) or "all" if kin else None
+            like = next((c for c in chosen if c["group"] == first), {})
+            value, source = interpolated_lr(b, side)  # type: ignore[arg-type]
+            lr[g] = value
+            label = " ".join(o for o in _label(g) if _key(o) in varying) or "all"
+            chosen.append({"group": label, "task": g[0], "search_task": like.get("search_task"),
+                           "cell": like.get("cell"), "num_steps": like.get("num_steps"), "batch_size": b,
+                           "lr": value, "interpolated": source, "stopped": "interpolated", "edge": None})  # fmt: skip
         return table, chosen, {"search": self.search, "lr": lr, "by": varying}
+
+
+def _batch_of(g: tuple[str, tuple[str, ...]]) -> int | None:
+    """The batch size a group's grid points set on their overrides (None when they leave it to the config)."""
+    sizes = [o.split("=", 1)[1] for o in g[1] if _key(o) == "batch_size"]
+    return int(sizes[0]) if sizes else None
+
+
+def _siblings(g: tuple[str, tuple[str, ...]]) -> tuple[str, tuple[str, ...]]:
+    """A group's key less its batch size: the groups an unsearched batch size takes its lr from."""
+    return g[0], tuple(o for o in g[1] if _key(o) != "batch_size")
+
+
+def interpolated_lr(batch_size: int, searched: dict[int, float]) -> tuple[float, str]:
+    """The lr of an unsearched batch size from the searched ones of its siblings: geometric interpolation in log
+    batch size between the nearest searched sizes below and above (the searched lr rises smoothly with batch
+    size, as a power law: docs/protocol.md), the nearest one's lr beyond their range. Returns (lr, how)."""
+    if not searched:
+        raise SweepFailed(f"lr search: batch_size={batch_size} has no searched batch size to take its lr from")
+    below = [b for b in searched if b <= batch_size]
+    above = [b for b in searched if b >= batch_size]
+    if not below or not above:
+        b = max(below) if below else min(above)
+        return searched[b], f"batch {b}'s (nearest searched)"
+    lo, hi = max(below), min(above)
+    if lo == hi:
+        return searched[lo], f"batch {lo}'s"
+    w = (math.log(batch_size) - math.log(lo)) / (math.log(hi) - math.log(lo))
+    value = math.exp((1 - w) * math.log(searched[lo]) + w * math.log(searched[hi]))
+    return float(f"{value:.3g}"), f"between batch {lo} ({searched[lo]:g}) and {hi} ({searched[hi]:g}), log-log"
 
 
 def _label(g: tuple[str, tuple[str, ...]]) -> list[str]:
@@ -459,7 +506,8 @@ def run_lr_search(sweeper: Any, jobs: list[PlannedJob], search: Any, sweep_dir: 
         "table": table, "chosen": chosen,
     })  # fmt: skip
     for c in chosen:
-        log.info("lr search: %s -> lr %g (%s; tried %s)", c["group"], c["lr"], c["stopped"], c["tried"])
+        how = f"tried {c['tried']}" if "tried" in c else c["interpolated"]
+        log.info("lr search: %s -> lr %g (%s; %s)", c["group"], c["lr"], c["stopped"], how)
     return {"search": search, "lr": result["lr"], "runs": s.every()}
 
 

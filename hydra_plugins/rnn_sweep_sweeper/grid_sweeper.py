@@ -84,6 +84,9 @@ class LrSearchConf:
     objective: str = "valid_loss"
     widen_factor: float = 3.0  # the next value past an edge: lr / 3 or lr x 3
     max_widen: int = 2  # at most this many values past the initial range on each side
+    # search only the groups at these batch sizes (empty = every group); a group at another batch size takes the
+    # lr interpolated log-log between its searched neighbours (the nearest one's beyond them)
+    batch_sizes: list[int] = field(default_factory=list)
 
 
 @dataclass
