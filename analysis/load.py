@@ -439,7 +439,18 @@ def _mark_best(runs: pd.DataFrame, best: set[str]) -> None:
 
 
 def _variants(runs: pd.DataFrame) -> pd.Series:
-    """Other config keys that differ between runs (e.g. hidden_size, optimizer): each value is a setting."""
+    """Other config keys that differ between runs of one task · budget · lr protocol (e.g. hidden_size, the
+    optimizer): each value is a setting. Read within that group, so a key that only tells two groups apart (the
+    language model's measure settings, the exploding regime's optimizer) never lengthens every split's name."""
+    out = pd.Series("", index=runs.index)
+    if runs.empty:
+        return out
+    for _, group in runs.groupby(["task_label", "budget", "protocol"], dropna=False, sort=False):
+        out.loc[group.index] = _variants_within(group)
+    return out
+
+
+def _variants_within(runs: pd.DataFrame) -> pd.Series:
     cfg_cols = [c for c in runs.columns if c.startswith("cfg.")]
     # a searched or tuned lr differs per grid point by design: a nuisance parameter, not a setting
     nuisance = runs["tuning_trial"].astype(bool) | runs["lr_protocol"].isin(["searched", "tuned"])

@@ -350,3 +350,25 @@ def test_records_of_an_earlier_version_have_the_stop_keys_empty():
     assert runs["stop_reason"].map(lambda v: v is None).all()
     for col in ("stopped_at_update", "best_valid_loss", "best_valid_update"):
         assert runs[col].isna().all(), col
+
+
+def test_a_key_that_only_tells_two_budgets_apart_is_no_variant_but_one_varying_within_a_budget_is(tmp_path):
+    """Variants are read within task · budget · lr protocol: the equal-token runs' hidden size differs from the
+    equal-update runs' (a key that tells the two budgets apart: no variant), while the two optimizers inside the
+    update budget are two settings of it."""
+    tokens = runs_table(cells=("rnn",), batch_sizes=(2, 8), num_steps=(8,), seeds=(0,), budget="tokens 65536")
+    updates = runs_table(cells=("rnn",), batch_sizes=(2, 8), num_steps=(8,), seeds=(0,), budget="updates 100")
+    folders = write_results(tmp_path / "t", tokens) + write_results(tmp_path / "u", updates)
+    for i, folder in enumerate(folders):
+
+        def edit(rec, i=i):
+            if i < 2:
+                rec["config"]["model"]["hidden_size"] = 32
+            else:
+                rec["config"]["optim"]["name"] = "sgd" if i == 2 else "adam"
+
+        _edit_record(folder, edit)
+    runs = load_results(tmp_path).runs
+    by_budget = runs.groupby("budget")["variant"].apply(set).to_dict()
+    assert by_budget["tokens 65536"] == {""}
+    assert by_budget["updates 100"] == {"optim.name=sgd", "optim.name=adam"}
