@@ -40,8 +40,15 @@ CASES = {
     "lags": [*BASE, "task=lags", "model=gru", "measure.enabled=true", "measure.checkpoints=2"],
 }
 # budget=plateau: evaluations at 4, 6, 8, 11, 16, 23 updates, the rule stops the run at 23 (of a cap of 2000)
-PLATEAU = ["budget=plateau", "budget.amount=2000", "eval.first=4", "eval.per_doubling=2", "budget.patience=3",
-           "budget.min_delta=0.01", "budget.min_updates=0"]  # the rule as this test counts it, not the preset's
+PLATEAU = [
+    "budget=plateau",
+    "budget.amount=2000",
+    "eval.first=4",
+    "eval.per_doubling=2",
+    "budget.patience=3",
+    "budget.min_delta=0.01",
+    "budget.min_updates=0",
+]  # the rule as this test counts it, not the preset's
 CASES["plateau"] = [*_tiny("batch_size=4", *PLATEAU, "measure.noise_scale=true"), "model=lstm", "measure.enabled=true"]
 PLAIN = [o.replace("measure.enabled=true", "measure.enabled=false") for o in CASES["echo"]]
 

@@ -110,8 +110,16 @@ def test_a_geometric_updates_run_evaluates_at_the_geometric_points_and_at_its_en
 
 # --- real runs ---------------------------------------------------------------------------------------------------
 
-PLATEAU = [*TINY, "budget=plateau", "budget.amount=2000", "eval.first=4", "eval.per_doubling=2", "budget.patience=2",
-           "budget.min_delta=0.01", "budget.min_updates=0"]  # the rule as these tests count it, not the preset's
+PLATEAU = [
+    *TINY,
+    "budget=plateau",
+    "budget.amount=2000",
+    "eval.first=4",
+    "eval.per_doubling=2",
+    "budget.patience=2",
+    "budget.min_delta=0.01",
+    "budget.min_updates=0",
+]  # the rule as these tests count it, not the preset's
 
 
 def test_a_plateau_run_stops_before_the_cap_and_records_that_it_converged(make_cfg):
