@@ -52,3 +52,24 @@ def run_cli(*args: str, cwd: Path = REPO, timeout: float = 300, **popen) -> subp
         timeout=timeout,
         **popen,
     )
+
+
+def tagged_env(tag: str) -> dict[str, str]:
+    """The environment of a test's child process, marked with RNN_SWEEP_TEST_TAG=tag so that `processes_with`
+    finds it and every process it starts (the fork server, the jobs) afterwards."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "RNN_SWEEP_TEST_TAG": tag}
+    env.pop("HYDRA_FULL_ERROR", None)
+    return env
+
+
+def processes_with(tag: str) -> list[int]:
+    """Processes (the sweep, its fork server, its jobs) started with RNN_SWEEP_TEST_TAG=tag in their environment."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if f"RNN_SWEEP_TEST_TAG={tag}".encode() in (entry / "environ").read_bytes().split(b"\0"):
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return found

@@ -12,38 +12,16 @@ import subprocess
 import sys
 import time
 import uuid
-from pathlib import Path
 
 import pytest
 
 from sweep import forkserver, lease
 from sweep.argv import sweeps_on_forkserver
-from tests.conftest import REPO, TINY, run_cli
+from tests.conftest import REPO, TINY, processes_with, run_cli, tagged_env
 
 pytestmark = pytest.mark.skipif(not forkserver.available(), reason="this platform has no forkserver start method")
 N_JOBS_RULE = "must be a positive number of jobs at once, or -1 for one per usable CPU"
 TARGET = "hydra_plugins.rnn_sweep_launcher.forkserver_launcher.ForkserverLauncher"
-
-
-def _tagged_env(tag: str) -> dict[str, str]:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "RNN_SWEEP_TEST_TAG": tag}
-    env.pop("HYDRA_FULL_ERROR", None)
-    return env
-
-
-def _processes_with(tag: str) -> list[int]:
-    """Processes (the sweep, its fork server, its jobs) started with RNN_SWEEP_TEST_TAG=tag in their environment."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            environ = (entry / "environ").read_bytes()
-        except OSError:
-            continue
-        if f"RNN_SWEEP_TEST_TAG={tag}".encode() in environ.split(b"\0"):
-            found.append(int(entry.name))
-    return found
 
 
 def forkserver_impl():
@@ -117,15 +95,15 @@ def test_bad_launcher_settings_get_one_line_exit_2_and_no_folder(tmp_path, overr
     with open(tmp_path / "out", "w") as out, open(tmp_path / "err", "w") as err:
         proc = subprocess.Popen(
             [sys.executable, "-m", "sweep", "-m", "seed=0,1", f"results_dir={results}", override, *TINY],
-            cwd=REPO, env=_tagged_env(tag), stdout=out, stderr=err,
+            cwd=REPO, env=tagged_env(tag), stdout=out, stderr=err,
         )  # fmt: skip
         assert proc.wait(timeout=120) == 2
     # the fork server the entry point started for this -m command ended with it: killed, not left to finish
     # importing torch (~1.5 s) while it holds the caller's stdout and stderr
     deadline = time.monotonic() + 0.5
-    while _processes_with(tag) and time.monotonic() < deadline:
+    while processes_with(tag) and time.monotonic() < deadline:
         time.sleep(0.02)
-    assert _processes_with(tag) == []
+    assert processes_with(tag) == []
     lines = [ln for ln in (tmp_path / "err").read_text().splitlines() if ln.strip()]
     assert lines == [f"invalid config: {message}"]
     assert not results.exists()
@@ -138,11 +116,11 @@ def test_jobs_are_forks_of_one_warm_server_and_it_ends_with_the_sweep(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "sweep", "-m", "model=rnn,gru,lstm", f"results_dir={tmp_path}", "name=f",
          "hydra.launcher.n_jobs=2", *TINY],
-        cwd=REPO, env=_tagged_env(tag), capture_output=True, text=True, timeout=300,
+        cwd=REPO, env=tagged_env(tag), capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "launching 3 jobs, 2 at once (forkserver)" in proc.stdout + proc.stderr
-    assert _processes_with(tag) == []  # server and jobs ended when the sweep did
+    assert processes_with(tag) == []  # server and jobs ended when the sweep did
     recs = [json.loads(p.read_text()) for p in (tmp_path / "f").glob("*/run.json")]
     assert len(recs) == 3 and {r["status"] for r in recs} == {"complete"}
     for rec in recs:
@@ -164,7 +142,7 @@ def test_a_job_whose_process_is_killed_fails_alone_and_its_point_is_run_again(tm
     proc = subprocess.Popen(
         [sys.executable, "-m", "sweep", "-m", "model=rnn,lstm", f"results_dir={results}", "name=k",
          "hydra.launcher.n_jobs=2", "lease.ttl_s=3", *TINY, "budget.amount=400"],
-        cwd=REPO, env=_tagged_env(uuid.uuid4().hex), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        cwd=REPO, env=tagged_env(uuid.uuid4().hex), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
     deadline = time.time() + 240
     killed = None
@@ -196,7 +174,7 @@ def test_ctrl_c_sent_to_the_sweep_alone_stops_every_job_cleanly(tmp_path):
     args = ["-m", "seed=0,1,2,3", f"results_dir={results}", "name=c", "hydra.launcher.n_jobs=2", *TINY,
             "budget.amount=10000000"]  # fmt: skip
     proc = subprocess.Popen(
-        [sys.executable, "-m", "sweep", *args], cwd=REPO, env=_tagged_env(tag), stdout=subprocess.PIPE,
+        [sys.executable, "-m", "sweep", *args], cwd=REPO, env=tagged_env(tag), stdout=subprocess.PIPE,
         stderr=subprocess.PIPE, text=True, preexec_fn=_sigint_default,
     )  # fmt: skip
     deadline = time.time() + 240
@@ -212,7 +190,7 @@ def test_ctrl_c_sent_to_the_sweep_alone_stops_every_job_cleanly(tmp_path):
     assert lines == ["interrupted: 0 of 4 points complete, 2 not started (rerun the same command to resume)"], err
     assert not list(results.rglob(lease.LEASE_FILE))  # each interrupted job released its lease
     assert not list(results.rglob("run.json"))
-    assert _processes_with(tag) == []
+    assert processes_with(tag) == []
 
 
 def test_spawn_start_method_runs_jobs_too(tmp_path):

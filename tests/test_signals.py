@@ -22,16 +22,10 @@ import pandas as pd
 import pytest
 
 from sweep import checkpoint, lease, stop
-from tests.conftest import REPO, TINY, run_cli
+from tests.conftest import REPO, TINY, processes_with, run_cli, tagged_env
 
 # Long enough to be stopped mid-run (a few seconds here), small enough to rerun whole in a test.
 RUN = [*TINY, "budget.amount=500", "threads=1", "checkpoint.every_s=0.2"]
-
-
-def _env(tag: str) -> dict[str, str]:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "RNN_SWEEP_TEST_TAG": tag}
-    env.pop("HYDRA_FULL_ERROR", None)
-    return env
 
 
 def _sigint_default() -> None:
@@ -41,21 +35,10 @@ def _sigint_default() -> None:
 def _popen(args: list[str], tag: str, out: Path) -> subprocess.Popen:
     # output to files: a fork server or a job left behind would hold a pipe open and hide the sweep's own exit
     return subprocess.Popen(
-        [sys.executable, "-m", "sweep", *args], cwd=REPO, env=_env(tag), stdout=open(out.with_suffix(".out"), "w"),
-        stderr=open(out.with_suffix(".err"), "w"), preexec_fn=_sigint_default,
+        [sys.executable, "-m", "sweep", *args], cwd=REPO, env=tagged_env(tag),
+        stdout=open(out.with_suffix(".out"), "w"), stderr=open(out.with_suffix(".err"), "w"),
+        preexec_fn=_sigint_default,
     )  # fmt: skip
-
-
-def _processes_with(tag: str) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if f"RNN_SWEEP_TEST_TAG={tag}".encode() in (entry / "environ").read_bytes().split(b"\0"):
-                    found.append(int(entry.name))
-            except OSError:
-                continue
-    return found
 
 
 def _wait_for(what: Callable[[], object], proc: subprocess.Popen | None = None, timeout: float = 120) -> object:
@@ -250,7 +233,7 @@ def test_sigterm_stops_every_running_job_of_a_sweep_and_a_rerun_ends_bit_identic
     out = (tmp_path / "sweep.out").read_text()
     assert len(re.findall(r"stopped by SIGTERM at update \d+: checkpoint in", out)) == 2, out[-3000:]
     assert not list(results.rglob(lease.LEASE_FILE)) and len(list(results.rglob(checkpoint.CHECKPOINT_FILE))) == 2
-    _wait_for(lambda: _processes_with(tag) == [], timeout=10)
+    _wait_for(lambda: processes_with(tag) == [], timeout=10)
 
     rerun = run_cli(*SWEEP, f"results_dir={results}", timeout=300)
     assert rerun.returncode == 0, rerun.stderr
@@ -271,7 +254,7 @@ def test_a_sweep_killed_with_sigkill_leaves_no_job_training(tmp_path):
     _wait_for(lambda: len(_training(results)) == 2, proc)
     proc.kill()
     proc.wait()
-    _wait_for(lambda: _processes_with(tag) == [], timeout=15)
+    _wait_for(lambda: processes_with(tag) == [], timeout=15)
     assert not list(results.rglob(lease.LEASE_FILE))
     assert len(list(results.rglob(checkpoint.CHECKPOINT_FILE))) == 2
     assert not list(results.rglob("run.json"))

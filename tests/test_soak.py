@@ -18,7 +18,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tests.conftest import REPO, run_cli
+from tests.conftest import REPO, processes_with, run_cli, tagged_env
 
 GRID = [
     "-m", "task=echo", "model=rnn,gru,lstm", "seed=0,1,2,3,4,5,6,7", "batch_size=4", "num_steps=8",
@@ -30,24 +30,6 @@ GRID = [
 POINTS = 24
 ROUNDS = 6
 SEED = 20261202
-
-
-def _env(tag: str) -> dict[str, str]:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "RNN_SWEEP_TEST_TAG": tag}
-    env.pop("HYDRA_FULL_ERROR", None)
-    return env
-
-
-def _processes_with(tag: str) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if f"RNN_SWEEP_TEST_TAG={tag}".encode() in (entry / "environ").read_bytes().split(b"\0"):
-                    found.append(int(entry.name))
-            except OSError:
-                continue
-    return found
 
 
 def _losses(root: Path) -> dict[str, list[float]]:
@@ -73,7 +55,7 @@ def test_three_sweeps_killed_and_restarted_at_random_end_with_one_identical_reco
         starts += 1
         # a session of its own: a SIGKILL of the group takes the sweep, its fork server and its job at once
         with open(logs / f"{slot}-{starts}.log", "w") as out:  # the child keeps its own copy of the file
-            return subprocess.Popen(args, cwd=REPO, env=_env(tag), stdout=out, stderr=subprocess.STDOUT,
+            return subprocess.Popen(args, cwd=REPO, env=tagged_env(tag), stdout=out, stderr=subprocess.STDOUT,
                                     start_new_session=True)  # fmt: skip
 
     rng = random.Random(SEED)
@@ -112,7 +94,7 @@ def test_three_sweeps_killed_and_restarted_at_random_end_with_one_identical_reco
         or ".new-" in p.name)]  # fmt: skip
     assert leftovers == []
     deadline = time.monotonic() + 10
-    while _processes_with(tag) and time.monotonic() < deadline:
+    while processes_with(tag) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert _processes_with(tag) == []
+    assert processes_with(tag) == []
     assert time.monotonic() - t_start < 180
